@@ -1,0 +1,266 @@
+//! Endpoints that work before and during unseal: init, unseal, seal-status, seal, health,
+//! leader. Their bodies are Vault's exact shapes (no logical envelope), because clients such as
+//! `vault status`, hvac and vaultrs decode them field by field.
+
+use axum::http::{Method, StatusCode};
+use axum::response::Response as HttpResponse;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::{error_response, json_response, Incoming};
+use crate::core::Core;
+use crate::error::Error;
+use crate::seal::SealConfig;
+
+fn method_not_allowed() -> HttpResponse {
+    error_response(&Error::UnsupportedOperation)
+}
+
+pub async fn init(core: &Core, inc: &Incoming) -> HttpResponse {
+    match inc.method {
+        Method::GET => match core.initialized().await {
+            Ok(i) => json_response(StatusCode::OK, &json!({ "initialized": i })),
+            Err(e) => error_response(&e),
+        },
+        Method::PUT | Method::POST => {
+            let body = match inc.json_body() {
+                Ok(b) => b,
+                Err(e) => return error_response(&e),
+            };
+            if body.get("pgp_keys").is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+                || body.get("root_token_pgp_key").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+            {
+                return error_response(&Error::bad_request("PGP-encrypted key shares are not supported by vaultd"));
+            }
+            if body.get("recovery_shares").and_then(Value::as_u64).unwrap_or(0) > 0 {
+                return error_response(&Error::bad_request(
+                    "parameters recovery_shares,recovery_threshold not applicable to seal type shamir",
+                ));
+            }
+            let shares = match int_field(&body, "secret_shares") {
+                Ok(v) => v,
+                Err(e) => return error_response(&e),
+            };
+            let threshold = match int_field(&body, "secret_threshold") {
+                Ok(v) => v,
+                Err(e) => return error_response(&e),
+            };
+            let config = match SealConfig::from_request(shares, threshold) {
+                Ok(c) => c,
+                Err(e) => return error_response(&Error::from(e)),
+            };
+            match core.initialize(config, None).await {
+                Ok(res) => {
+                    let hex: Vec<String> = res.keys.iter().map(|k| hex::encode(k.as_slice())).collect();
+                    let b64: Vec<String> =
+                        res.keys.iter().map(|k| base64::engine::general_purpose::STANDARD.encode(k.as_slice())).collect();
+                    json_response(StatusCode::OK, &json!({ "keys": hex, "keys_base64": b64, "root_token": res.root_token }))
+                }
+                Err(e) => error_response(&e),
+            }
+        }
+        _ => method_not_allowed(),
+    }
+}
+
+fn int_field(body: &serde_json::Map<String, Value>, key: &str) -> Result<i64, Error> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| Error::bad_request(format!("invalid {key}"))),
+        Some(Value::String(s)) => s.parse().map_err(|_| Error::bad_request(format!("invalid {key}"))),
+        Some(_) => Err(Error::bad_request(format!("failed to decode JSON input: {key} must be a number"))),
+    }
+}
+
+fn seal_status_json(core: &Core, st: &crate::core::SealStatus) -> Value {
+    let mut v = json!({
+        "type": "shamir",
+        "initialized": st.initialized,
+        "sealed": st.sealed,
+        "t": st.threshold,
+        "n": st.shares,
+        "progress": st.progress,
+        "nonce": st.nonce,
+        "version": crate::API_VERSION,
+        "build_date": crate::BUILD_DATE,
+        "commit_date": crate::BUILD_DATE,
+        "migration": false,
+        "recovery_seal": false,
+        "storage_type": core.storage.name(),
+    });
+    if let (Some(c), Value::Object(o)) = (&st.cluster, &mut v) {
+        o.insert("cluster_name".into(), Value::String(c.name.clone()));
+        o.insert("cluster_id".into(), Value::String(c.id.clone()));
+    }
+    v
+}
+
+pub async fn seal_status(core: &Core, inc: &Incoming) -> HttpResponse {
+    if inc.method != Method::GET {
+        return method_not_allowed();
+    }
+    match core.seal_status().await {
+        Ok(st) => json_response(StatusCode::OK, &seal_status_json(core, &st)),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub async fn unseal(core: &Core, inc: &Incoming) -> HttpResponse {
+    if !matches!(inc.method, Method::PUT | Method::POST) {
+        return method_not_allowed();
+    }
+    let body = match inc.json_body() {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let reset = body.get("reset").and_then(Value::as_bool).unwrap_or(false);
+    let key = body.get("key").and_then(Value::as_str).unwrap_or("");
+    let result = if reset {
+        core.unseal_reset().await
+    } else if key.is_empty() {
+        Err(Error::bad_request("'key' must be specified in request body as JSON, or 'reset' set to true"))
+    } else {
+        match core.initialized().await {
+            Ok(false) => Err(Error::NotInitialized),
+            Err(e) => Err(e),
+            Ok(true) => core.unseal_share(key).await,
+        }
+    };
+    if let Err(e) = result {
+        return error_response(&e);
+    }
+    seal_status(core, &Incoming { method: Method::GET, ..clone_incoming(inc) }).await
+}
+
+fn clone_incoming(inc: &Incoming) -> Incoming {
+    Incoming {
+        method: inc.method.clone(),
+        path: inc.path.clone(),
+        query: inc.query.clone(),
+        headers: inc.headers.clone(),
+        body: inc.body.clone(),
+    }
+}
+
+pub async fn seal(core: &Core, inc: &Incoming) -> HttpResponse {
+    if !matches!(inc.method, Method::PUT | Method::POST) {
+        return method_not_allowed();
+    }
+    if core.is_sealed() {
+        return error_response(&Error::Sealed);
+    }
+    let token = match core.authenticate(inc.token().as_deref()).await {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    if !token.is_root() {
+        return error_response(&Error::PermissionDenied);
+    }
+    match core.seal().await {
+        Ok(()) => super::empty_response(StatusCode::NO_CONTENT),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Reads an integer status-code override such as `standbycode=200`.
+fn code_param(inc: &Incoming, key: &str, default: u16) -> Result<u16, Error> {
+    match inc.query.get(key).and_then(Value::as_str) {
+        None | Some("") => Ok(default),
+        Some(s) => s
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| Error::bad_request(format!("unable to parse {key} as an HTTP status code: {s:?}"))),
+    }
+}
+
+pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
+    if !matches!(inc.method, Method::GET | Method::HEAD) {
+        return method_not_allowed();
+    }
+    let codes = (|| -> Result<_, Error> {
+        Ok((
+            code_param(inc, "activecode", 200)?,
+            code_param(inc, "standbycode", 429)?,
+            code_param(inc, "drsecondarycode", 472)?,
+            code_param(inc, "performancestandbycode", 473)?,
+            code_param(inc, "sealedcode", 503)?,
+            code_param(inc, "uninitcode", 501)?,
+            code_param(inc, "removedcode", 530)?,
+            code_param(inc, "haunhealthycode", 474)?,
+        ))
+    })();
+    let (active, _standby, _dr, _perf, sealed_code, uninit, _removed, _unhealthy) = match codes {
+        Ok(c) => c,
+        Err(e) => return error_response(&e),
+    };
+    let initialized = match core.initialized().await {
+        Ok(i) => i,
+        Err(e) => return error_response(&e),
+    };
+    let sealed = core.is_sealed();
+    // Single-node vaultd is always the active node once unsealed; standby codes arrive with HA.
+    let code = if !initialized {
+        uninit
+    } else if sealed {
+        sealed_code
+    } else {
+        active
+    };
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    if inc.method == Method::HEAD {
+        return super::empty_response(status);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut body = json!({
+        "initialized": initialized,
+        "sealed": sealed,
+        "standby": sealed,
+        "performance_standby": false,
+        "replication_performance_mode": if sealed { "unknown" } else { "disabled" },
+        "replication_dr_mode": if sealed { "unknown" } else { "disabled" },
+        "server_time_utc": now,
+        "version": crate::API_VERSION,
+        "enterprise": false,
+        "echo_duration_ms": 0,
+        "clock_skew_ms": 0,
+    });
+    if let (Some(c), false, Value::Object(o)) = (core.cluster_info(), sealed, &mut body) {
+        o.insert("cluster_name".into(), Value::String(c.name));
+        o.insert("cluster_id".into(), Value::String(c.id));
+    }
+    json_response(status, &body)
+}
+
+pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
+    if inc.method != Method::GET {
+        return method_not_allowed();
+    }
+    if core.is_sealed() {
+        return error_response(&Error::Sealed);
+    }
+    let ha = core.ha_enabled();
+    let (committed, applied, is_self) = match core.raft() {
+        Some(r) => {
+            let s = r.status();
+            (s.committed_index, s.applied_index, s.is_leader)
+        }
+        None => (0, 0, false),
+    };
+    let mut body = json!({
+        "ha_enabled": ha,
+        "is_self": is_self,
+        "active_time": core.active_since().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        "leader_address": if ha { core.api_addr.clone() } else { String::new() },
+        "leader_cluster_address": if ha { core.cluster_addr.clone() } else { String::new() },
+        "performance_standby": false,
+        "performance_standby_last_remote_wal": 0,
+    });
+    if ha {
+        if let Value::Object(o) = &mut body {
+            o.insert("raft_committed_index".into(), Value::from(committed));
+            o.insert("raft_applied_index".into(), Value::from(applied));
+        }
+    }
+    json_response(StatusCode::OK, &body)
+}

@@ -1,0 +1,252 @@
+//! The HTTP API: listeners, request parsing, Vault's JSON envelope, and the one place where
+//! errors become status codes.
+//!
+//! Requests flow `listener -> parse (this module) -> lifecycle handler or Core::handle_request`.
+//! Lifecycle endpoints (init, unseal, seal-status, health, leader) live in [`lifecycle`] because
+//! they answer while the node is sealed; everything else goes through the core.
+
+pub mod lifecycle;
+pub mod listener;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde_json::{json, Map, Value};
+
+use crate::barrier::BarrierError;
+use crate::core::Core;
+use crate::error::Error;
+use crate::request::{Operation, Request, Response};
+
+/// Per-listener settings the handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Core>,
+    /// `None`: unlimited (Vault's negative `max_request_size`).
+    pub max_request_size: Option<usize>,
+}
+
+pub fn app(state: AppState) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+/// Maps every error to its HTTP status: the only place this happens.
+pub fn error_status(e: &Error) -> StatusCode {
+    match e {
+        Error::PermissionDenied | Error::MissingToken => StatusCode::FORBIDDEN,
+        Error::Sealed => StatusCode::SERVICE_UNAVAILABLE,
+        Error::NotInitialized | Error::AlreadyInitialized | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::NoHandler(_) | Error::UnsupportedPath => StatusCode::NOT_FOUND,
+        Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
+        Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Seal(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+        Error::Barrier(BarrierError::Sealed) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Barrier(BarrierError::Storage(vaultd_storage::Error::ValueTooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Barrier(BarrierError::Storage(vaultd_storage::Error::InvalidKey(_))) => StatusCode::BAD_REQUEST,
+        Error::Barrier(BarrierError::Storage(
+            vaultd_storage::Error::NotLeader { .. } | vaultd_storage::Error::Unavailable(_),
+        )) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Seal(_) | Error::Barrier(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub fn error_response(e: &Error) -> HttpResponse {
+    let mut status = error_status(e);
+    let msg = e.to_string();
+    // Vault maps any error mentioning the sealed state to 503, whatever raised it.
+    if msg.contains("Vault is sealed") {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(error = %msg, "request failed");
+    }
+    json_response(status, &json!({ "errors": [msg] }))
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = (status, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn empty_response(status: StatusCode) -> HttpResponse {
+    let mut resp = status.into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn not_found() -> HttpResponse {
+    json_response(StatusCode::NOT_FOUND, &json!({ "errors": [] }))
+}
+
+/// The parsed parts of an HTTP request that every handler uses.
+pub struct Incoming {
+    pub method: Method,
+    pub path: String,
+    pub query: Map<String, Value>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Incoming {
+    pub fn token(&self) -> Option<String> {
+        if let Some(t) = self.headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
+            return Some(t.trim().to_string());
+        }
+        let auth = self.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        auth.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+    }
+
+    /// The body as a JSON object; empty is `{}`. Vault's text for a malformed body.
+    pub fn json_body(&self) -> Result<Map<String, Value>, Error> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Map::new());
+        }
+        match serde_json::from_slice::<Value>(&self.body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(Error::bad_request("failed to decode JSON input: body must be a JSON object")),
+            Err(e) => Err(Error::bad_request(format!("failed to decode JSON input: {e}"))),
+        }
+    }
+
+    pub fn query_bool(&self, key: &str) -> Option<bool> {
+        match self.query.get(key)? {
+            Value::String(s) if s.is_empty() => Some(true),
+            Value::String(s) => parse_go_bool(s),
+            _ => None,
+        }
+    }
+}
+
+/// Go's strconv.ParseBool, which Vault uses for boolean query parameters.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_query(uri: &Uri) -> Map<String, Value> {
+    let mut m = Map::new();
+    let Some(q) = uri.query() else { return m };
+    for pair in q.split('&').take(256) {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode(k);
+        let v = decode(v);
+        m.entry(k).or_insert(Value::String(v));
+    }
+    m
+}
+
+fn decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
+}
+
+async fn handle(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> HttpResponse {
+    let limit = state.max_request_size.unwrap_or(usize::MAX);
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return error_response(&Error::BodyTooLarge),
+    };
+    let raw_path = uri.path();
+    let Some(path) = raw_path.strip_prefix("/v1/") else {
+        return not_found();
+    };
+    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    let inc = Incoming { method, path, query: parse_query(&uri), headers, body };
+    let resp = dispatch(&state, inc).await;
+    resp
+}
+
+async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
+    let core = &state.core;
+    match inc.path.trim_end_matches('/') {
+        "sys/init" => return lifecycle::init(core, &inc).await,
+        "sys/seal-status" => return lifecycle::seal_status(core, &inc).await,
+        "sys/unseal" => return lifecycle::unseal(core, &inc).await,
+        "sys/seal" => return lifecycle::seal(core, &inc).await,
+        "sys/health" => return lifecycle::health(core, &inc).await,
+        "sys/leader" => return lifecycle::leader(core, &inc).await,
+        _ => {}
+    }
+    let op = match inc.method.as_str() {
+        "GET" | "HEAD" if inc.query_bool("list") == Some(true) => Operation::List,
+        "GET" | "HEAD" => Operation::Read,
+        "PUT" | "POST" => Operation::Update,
+        "DELETE" => Operation::Delete,
+        "LIST" => Operation::List,
+        "PATCH" => Operation::Patch,
+        "OPTIONS" => return empty_response(StatusCode::NO_CONTENT),
+        _ => return error_response(&Error::UnsupportedOperation),
+    };
+    let data = match op {
+        Operation::Update | Operation::Patch => match inc.json_body() {
+            Ok(d) => d,
+            Err(e) => return error_response(&e),
+        },
+        Operation::Read | Operation::List | Operation::Delete => {
+            let mut q = inc.query.clone();
+            q.remove("list");
+            q
+        }
+    };
+    let mut path = inc.path.clone();
+    if op == Operation::List && !path.ends_with('/') {
+        path.push('/');
+    }
+    let req = Request { op, path, data, token: inc.token() };
+    match core.handle_request(&req).await {
+        Ok(resp) => logical_response(op, resp),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Turns a backend's answer into Vault's envelope and status.
+fn logical_response(op: Operation, resp: Option<Response>) -> HttpResponse {
+    let Some(resp) = resp else {
+        return match op {
+            Operation::Read | Operation::List => not_found(),
+            _ => empty_response(StatusCode::NO_CONTENT),
+        };
+    };
+    let status = resp.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    if resp.raw {
+        return json_response(status, &Value::Object(resp.data.unwrap_or_default()));
+    }
+    if resp.data.is_none() && resp.warnings.is_empty() && resp.status.is_none() {
+        return empty_response(StatusCode::NO_CONTENT);
+    }
+    let mut body = Map::new();
+    if resp.inject_data_at_top {
+        if let Some(d) = &resp.data {
+            for (k, v) in d {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    body.insert("request_id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    body.insert("lease_id".into(), Value::String(String::new()));
+    body.insert("renewable".into(), Value::Bool(false));
+    body.insert("lease_duration".into(), Value::from(0));
+    body.insert("data".into(), resp.data.map(Value::Object).unwrap_or(Value::Null));
+    body.insert("wrap_info".into(), Value::Null);
+    body.insert(
+        "warnings".into(),
+        if resp.warnings.is_empty() { Value::Null } else { Value::from(resp.warnings) },
+    );
+    body.insert("auth".into(), Value::Null);
+    body.insert("mount_type".into(), Value::String(resp.mount_type));
+    json_response(status, &Value::Object(body))
+}
