@@ -71,3 +71,35 @@ impl Backend for InmemBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InmemBackend;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn exercise_backend() {
+        conformance::exercise_backend(&InmemBackend::new()).await;
+    }
+
+    #[tokio::test]
+    async fn exercise_list_prefix() {
+        conformance::exercise_list_prefix(&InmemBackend::new()).await;
+    }
+
+    #[tokio::test]
+    async fn exercise_transactions() {
+        conformance::exercise_transactions(&InmemBackend::new()).await;
+    }
+
+    #[tokio::test]
+    async fn exercise_limits() {
+        conformance::exercise_limits(&InmemBackend::new()).await;
+    }
+
+    /// All checks in sequence on one backend: each must leave the store as it found it.
+    #[tokio::test]
+    async fn exercise_all() {
+        conformance::exercise_all(&InmemBackend::new()).await;
+    }
+}

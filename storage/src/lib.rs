@@ -97,7 +97,7 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Vault's one-level listing, applied to keys that all start with `prefix`, in sorted order.
+/// Vault's one-level listing of the keys that start with `prefix` (O(n log n) in their number).
 /// Shared by every backend so the semantics cannot drift between them.
 pub fn list_children<'a, I>(prefix: &str, sorted_keys: I) -> Vec<String>
 where
@@ -110,13 +110,13 @@ where
             Some(i) => &rest[..=i],
             None => rest,
         };
-        if child.is_empty() {
-            continue;
-        }
-        if out.last().map(String::as_str) != Some(child) && !out.iter().any(|c| c == child) {
+        // Sorted input puts a folder's keys together, so comparing with the last child removes
+        // most repeats cheaply; sort + dedup below makes the result right for any input order.
+        if !child.is_empty() && out.last().map(String::as_str) != Some(child) {
             out.push(child.to_string());
         }
     }
     out.sort();
+    out.dedup();
     out
 }
