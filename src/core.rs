@@ -197,6 +197,9 @@ impl Core {
         let root_key = RootKey::generate()?;
         let shares = seal::split_unseal_key(&unseal_key, config.secret_shares, config.secret_threshold)?;
 
+        // A keyring without a seal configuration is what an init that crashed half-way leaves
+        // behind. Nobody can hold keys for it (they were never returned), so start over.
+        self.physical.delete(crate::barrier::KEYRING_PATH).await?;
         self.barrier.initialize(&root_key).await?;
         let wrapped = seal::wrap_root_key(&unseal_key, &root_key)?;
         self.physical.put(seal::ROOT_KEY_PATH, wrapped).await?;

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::token::random_base62;
 
 pub const MOUNT_TABLE_KEY: &str = "mounts";
 

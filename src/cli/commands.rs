@@ -181,7 +181,9 @@ fn print_seal_status(st: &Value, leader: Option<&Value>, fmt: &FormatArgs) {
                 let addr = lg("leader_address");
                 rows.push(("Active Node Address".into(), if addr.is_empty() { "<none>".into() } else { addr }));
             }
-            rows.push(("Performance Standby Node".into(), lg("performance_standby")));
+            if l.get("performance_standby") == Some(&Value::Bool(true)) {
+                rows.push(("Performance Standby Node".into(), "true".into()));
+            }
             if l.get("raft_committed_index").is_some() {
                 rows.push(("Raft Committed Index".into(), lg("raft_committed_index")));
                 rows.push(("Raft Applied Index".into(), lg("raft_applied_index")));

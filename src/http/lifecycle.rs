@@ -119,6 +119,9 @@ pub async fn unseal(core: &Core, inc: &Incoming) -> HttpResponse {
         core.unseal_reset().await
     } else if key.is_empty() {
         Err(Error::bad_request("'key' must be specified in request body as JSON, or 'reset' set to true"))
+    } else if let Err(e) = crate::seal::decode_submitted_key(key) {
+        // Malformed keys are refused before anything else, as Vault does.
+        Err(Error::from(e))
     } else {
         match core.initialized().await {
             Ok(false) => Err(Error::NotInitialized),

@@ -1,0 +1,628 @@
+//! openraft's `RaftStateMachine` on one sled tree per generation, `sm.<generation>`, and the
+//! local read path that serves `get`/`list` from it.
+//!
+//! ## Layout
+//!
+//! One tree holds both the data and the state machine's own metadata, so that one sled `Batch`
+//! (atomic in memory and on disk) updates them together, with no cross-tree transaction:
+//! - `0x00 "last_applied"`, `0x00 "last_membership"`: the metadata;
+//! - `0x01 <key>`: a vaultd key and its value.
+//!
+//! ## Durability of applies
+//!
+//! `apply` writes each entry's operations, its log id as `last_applied` and, for a membership
+//! entry, the membership, in one batch; it does not sync. It does not need to: an entry is applied
+//! only once committed, and a committed entry is already durable in the log (and the committed id
+//! too, see `save_committed`). After a crash the tree may be behind; openraft then re-applies the
+//! log from the recovered `last_applied` up to the recovered committed id, and since data and
+//! `last_applied` move in one batch, no entry is applied twice or skipped. `purge` syncs before it
+//! drops log entries, so the log still holds every entry the tree may have lost.
+//!
+//! ## Snapshots
+//!
+//! A snapshot is the data of the tree (not the metadata, which openraft sends as `SnapshotMeta`)
+//! in a small framed format (see [`SnapshotWriter`]), held in memory (`Cursor<Vec<u8>>`) for now.
+//! `install_snapshot` must *replace* the state machine: it writes the snapshot into a fresh
+//! generation, syncs, then flips `meta.sm_generation` to it and syncs again, and only then drops
+//! the old tree. A crash before the flip leaves the old generation live and a partial new one that
+//! the next open deletes; a crash after it leaves the new one live. No key of the old state can
+//! survive into the new one, which a "clear, then insert" on one tree could not promise without a
+//! transaction holding the whole snapshot (sled transactions cannot iterate to clear a tree).
+//!
+//! The current snapshot is kept in memory only. After a restart there is none until openraft asks
+//! for one; openraft rebuilds it at start-up if the log was purged.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StoredMembership,
+};
+
+use crate::error::{to_storage_error, RaftError};
+use crate::store::{decode, encode, meta_key, sm_tree_name, u64_from_be, Store, TREE_SM_PREFIX};
+use crate::types::{Node, Op, Response, TypeConfig};
+
+const KEY_LAST_APPLIED: &[u8] = b"\x00last_applied";
+const KEY_LAST_MEMBERSHIP: &[u8] = b"\x00last_membership";
+const DATA_PREFIX: u8 = 0x01;
+
+/// Limits of one sled batch while installing a snapshot: bounds the memory a batch holds besides
+/// the snapshot itself.
+const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const INSTALL_BATCH_OPS: usize = 4096;
+
+fn data_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// What `applied_state` reports: the last applied log id and the last membership.
+type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, Node>);
+
+fn sm_error(verb: ErrorVerb, e: RaftError) -> StorageError<u64> {
+    to_storage_error(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snapshot_error(
+    verb: ErrorVerb,
+    meta: Option<&SnapshotMeta<u64, Node>>,
+    e: RaftError,
+) -> StorageError<u64> {
+    to_storage_error(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e)
+}
+
+/// The live generation, shared between the state machine (which replaces it on snapshot install)
+/// and the read path.
+struct Live {
+    generation: u64,
+    tree: sled::Tree,
+}
+
+#[derive(Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, Node>,
+    data: Vec<u8>,
+}
+
+/// State shared by the state machine, its snapshot builders and [`crate::RaftNode`]'s reads.
+pub(crate) struct SmShared {
+    live: RwLock<Live>,
+    current_snapshot: Mutex<Option<StoredSnapshot>>,
+}
+
+impl SmShared {
+    fn tree(&self) -> Result<sled::Tree, RaftError> {
+        let live = self
+            .live
+            .read()
+            .map_err(|_| RaftError::Io("the state machine lock is poisoned".into()))?;
+        Ok(live.tree.clone())
+    }
+
+    /// A local read: sees every entry applied so far (on the leader, every write whose
+    /// `client_write` has returned: openraft 0.9 answers a write after applying it).
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RaftError> {
+        Ok(self.tree()?.get(data_key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Vault's one-level listing. When a key reveals a subtree (`prefix` + `child/`...), the scan
+    /// seeks past the whole subtree, so the cost is one seek per child, not one step per key below
+    /// `prefix`. One key per child reaches `list_children`, which shapes the answer exactly as in
+    /// every other backend.
+    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<String>, RaftError> {
+        let tree = self.tree()?;
+        let full_prefix = data_key(prefix);
+        let mut representatives: Vec<String> = Vec::new();
+        let mut start = full_prefix.clone();
+        'scan: loop {
+            for item in tree.range(start.as_slice()..).keys() {
+                let raw = item?;
+                if !raw.starts_with(&full_prefix) {
+                    break 'scan;
+                }
+                let key = std::str::from_utf8(&raw[1..]).map_err(|_| {
+                    RaftError::Corrupt(format!("a state machine key is not UTF-8: {:?}", &raw[..]))
+                })?;
+                let rest = key.get(prefix.len()..).unwrap_or_default();
+                representatives.push(key.to_string());
+                if let Some(slash) = rest.find('/') {
+                    // Every key under `prefix + rest[..=slash]` sorts below this ('0' follows '/').
+                    let mut next = Vec::with_capacity(full_prefix.len() + slash + 1);
+                    next.extend_from_slice(&full_prefix);
+                    next.extend_from_slice(&rest.as_bytes()[..slash]);
+                    next.push(b'/' + 1);
+                    start = next;
+                    continue 'scan;
+                }
+            }
+            break;
+        }
+        Ok(vaultd_storage::list_children(prefix, representatives.iter().map(String::as_str)))
+    }
+}
+
+pub(crate) struct StateMachineStore {
+    store: Arc<Store>,
+    shared: Arc<SmShared>,
+}
+
+impl StateMachineStore {
+    /// Opens the live generation and deletes any other (a snapshot install that crashed before its
+    /// flip, or an old generation whose drop was interrupted).
+    pub(crate) fn open(store: Arc<Store>) -> Result<(Self, Arc<SmShared>), RaftError> {
+        let generation = match store.meta.get(meta_key::SM_GENERATION)? {
+            Some(raw) => u64_from_be(&raw, "the state machine generation")?,
+            None => {
+                return Err(RaftError::Corrupt(
+                    "the raft metadata names no state machine generation".into(),
+                ))
+            }
+        };
+        let live_name = sm_tree_name(generation);
+        for name in store.db.tree_names() {
+            let is_sm = name.starts_with(TREE_SM_PREFIX.as_bytes());
+            if is_sm && name.as_ref() != live_name.as_bytes() {
+                tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping a stale state machine generation");
+                store.db.drop_tree(&name)?;
+            }
+        }
+        let tree = store.db.open_tree(&live_name)?;
+        let shared = Arc::new(SmShared {
+            live: RwLock::new(Live { generation, tree }),
+            current_snapshot: Mutex::new(None),
+        });
+        Ok((Self { store, shared: Arc::clone(&shared) }, shared))
+    }
+
+    fn read_applied_state(&self) -> Result<AppliedState, RaftError> {
+        let tree = self.shared.tree()?;
+        let last_applied = match tree.get(KEY_LAST_APPLIED)? {
+            Some(raw) => Some(decode(&raw, "the last applied log id")?),
+            None => None,
+        };
+        let membership = match tree.get(KEY_LAST_MEMBERSHIP)? {
+            Some(raw) => decode(&raw, "the last membership")?,
+            None => StoredMembership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    fn apply_entry(tree: &sled::Tree, entry: Entry<TypeConfig>) -> Result<(), RaftError> {
+        let mut batch = sled::Batch::default();
+        match entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(request) => {
+                // A Batch keeps the last operation per key: what applying them in order leaves.
+                for op in request.ops {
+                    match op {
+                        Op::Put { key, value } => batch.insert(data_key(&key), value),
+                        Op::Delete { key } => batch.remove(data_key(&key)),
+                    }
+                }
+            }
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id), membership);
+                batch.insert(KEY_LAST_MEMBERSHIP, encode(&stored)?);
+            }
+        }
+        batch.insert(KEY_LAST_APPLIED, encode(&entry.log_id)?);
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Copies the data out while the state machine cannot change: openraft calls this on the
+    /// state machine task, between applies, and builds the snapshot on another task afterwards.
+    fn capture(&self) -> Result<Captured, RaftError> {
+        let (last_applied, last_membership) = self.read_applied_state()?;
+        let tree = self.shared.tree()?;
+        let mut writer = SnapshotWriter::new();
+        for item in tree.scan_prefix([DATA_PREFIX]) {
+            let (key, value) = item?;
+            writer.push(&key[1..], &value)?;
+        }
+        Ok(Captured { last_applied, last_membership, data: writer.finish() })
+    }
+
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta<u64, Node>,
+        data: Vec<u8>,
+    ) -> Result<(), RaftError> {
+        // Decode everything before touching anything, so a bad snapshot leaves the state intact.
+        SnapshotReader::new(&data)?.validate()?;
+
+        let old = {
+            let live = self
+                .shared
+                .live
+                .read()
+                .map_err(|_| RaftError::Io("the state machine lock is poisoned".into()))?;
+            live.generation
+        };
+        let generation = old + 1;
+        let name = sm_tree_name(generation);
+        // Leftovers of a crashed install under this name were dropped at open; this is cheap.
+        self.store.db.drop_tree(name.as_bytes())?;
+        let tree = self.store.db.open_tree(&name)?;
+
+        let mut batch = sled::Batch::default();
+        let (mut batch_bytes, mut batch_ops) = (0usize, 0usize);
+        let mut reader = SnapshotReader::new(&data)?;
+        while let Some((key, value)) = reader.next_pair()? {
+            let mut k = Vec::with_capacity(1 + key.len());
+            k.push(DATA_PREFIX);
+            k.extend_from_slice(key);
+            batch.insert(k, value);
+            batch_bytes += key.len() + value.len();
+            batch_ops += 1;
+            if batch_bytes >= INSTALL_BATCH_BYTES || batch_ops >= INSTALL_BATCH_OPS {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                (batch_bytes, batch_ops) = (0, 0);
+            }
+        }
+        if let Some(last) = &meta.last_log_id {
+            batch.insert(KEY_LAST_APPLIED, encode(last)?);
+        }
+        batch.insert(KEY_LAST_MEMBERSHIP, encode(&meta.last_membership)?);
+        tree.apply_batch(batch)?;
+
+        // The new generation is complete on disk before anything points at it.
+        self.store.sync().await?;
+        self.store.meta.insert(meta_key::SM_GENERATION, &generation.to_be_bytes())?;
+        self.store.sync().await?;
+
+        {
+            let mut live = self
+                .shared
+                .live
+                .write()
+                .map_err(|_| RaftError::Io("the state machine lock is poisoned".into()))?;
+            *live = Live { generation, tree };
+        }
+        // The old generation is unreachable now; if this fails, the next open drops it.
+        if let Err(e) = self.store.db.drop_tree(sm_tree_name(old).as_bytes()) {
+            tracing::warn!("failed to drop the replaced state machine generation {old}: {e}");
+        }
+        set_current_snapshot(&self.shared, StoredSnapshot { meta: meta.clone(), data })?;
+        Ok(())
+    }
+}
+
+/// Keeps the newest snapshot: a build that finishes after a newer snapshot was installed must not
+/// replace it.
+fn set_current_snapshot(shared: &SmShared, snapshot: StoredSnapshot) -> Result<(), RaftError> {
+    let mut current = shared
+        .current_snapshot
+        .lock()
+        .map_err(|_| RaftError::Io("the snapshot lock is poisoned".into()))?;
+    let newer = match &*current {
+        Some(existing) => snapshot.meta.last_log_id >= existing.meta.last_log_id,
+        None => true,
+    };
+    if newer {
+        *current = Some(snapshot);
+    }
+    Ok(())
+}
+
+struct Captured {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, Node>,
+    data: Vec<u8>,
+}
+
+pub(crate) struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+    captured: Option<Result<Captured, RaftError>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let captured = match self.captured.take() {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(sm_error(ErrorVerb::Read, e)),
+            None => {
+                return Err(sm_error(
+                    ErrorVerb::Read,
+                    RaftError::Corrupt("snapshot builder used twice".into()),
+                ))
+            }
+        };
+        // Unique across restarts, so a follower never mistakes two snapshots for one.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let snapshot_id = match &captured.last_applied {
+            Some(l) => format!("{}-{}-{nanos:x}", l.leader_id, l.index),
+            None => format!("none-{nanos:x}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: captured.last_applied,
+            last_membership: captured.last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: captured.data.clone() };
+        set_current_snapshot(&self.shared, stored)
+            .map_err(|e| snapshot_error(ErrorVerb::Write, Some(&meta), e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(captured.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<AppliedState, StorageError<u64>> {
+        self.read_applied_state().map_err(|e| sm_error(ErrorVerb::Read, e))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tree = self.shared.tree().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let entries = entries.into_iter();
+        let mut responses = Vec::with_capacity(entries.size_hint().0);
+        for entry in entries {
+            let log_id = entry.log_id;
+            Self::apply_entry(&tree, entry)
+                .map_err(|e| to_storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
+            responses.push(Response {});
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: Arc::clone(&self.shared), captured: Some(self.capture()) }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        tracing::info!(snapshot = %meta, bytes = snapshot.get_ref().len(), "installing a raft snapshot");
+        self.install(meta, snapshot.into_inner())
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, Some(meta), e))
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let current = self.shared.current_snapshot.lock().map_err(|_| {
+            sm_error(ErrorVerb::Read, RaftError::Io("the snapshot lock is poisoned".into()))
+        })?;
+        Ok(current.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+/// Snapshot data: `MAGIC`, a big-endian `u64` pair count, then per pair a big-endian `u32` key
+/// length, the key, a `u32` value length and the value. The count and the lengths let the reader
+/// reject a truncated or padded snapshot before installing anything.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vdsnap01";
+
+struct SnapshotWriter {
+    buf: Vec<u8>,
+    count: u64,
+}
+
+impl SnapshotWriter {
+    fn new() -> Self {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(SNAPSHOT_MAGIC);
+        buf.extend_from_slice(&0u64.to_be_bytes());
+        Self { buf, count: 0 }
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), RaftError> {
+        for part in [key, value] {
+            let len = u32::try_from(part.len()).map_err(|_| {
+                RaftError::Corrupt(format!("a state machine item of {} bytes", part.len()))
+            })?;
+            self.buf.extend_from_slice(&len.to_be_bytes());
+            self.buf.extend_from_slice(part);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 8]
+            .copy_from_slice(&self.count.to_be_bytes());
+        self.buf
+    }
+}
+
+/// A key and its value, borrowed from the snapshot data.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
+struct SnapshotReader<'a> {
+    rest: &'a [u8],
+    remaining: u64,
+}
+
+impl<'a> SnapshotReader<'a> {
+    fn new(data: &'a [u8]) -> Result<Self, RaftError> {
+        let header = SNAPSHOT_MAGIC.len() + 8;
+        if data.len() < header || &data[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+            return Err(RaftError::Corrupt(
+                "the snapshot does not start with vaultd's snapshot header".into(),
+            ));
+        }
+        let remaining =
+            u64_from_be(&data[SNAPSHOT_MAGIC.len()..header], "the snapshot pair count")?;
+        Ok(Self { rest: &data[header..], remaining })
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], RaftError> {
+        if self.rest.len() < len {
+            return Err(RaftError::Corrupt("the snapshot is truncated".into()));
+        }
+        let (head, tail) = self.rest.split_at(len);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn take_part(&mut self) -> Result<&'a [u8], RaftError> {
+        let raw = self.take(4)?;
+        let len = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        self.take(len as usize)
+    }
+
+    /// The next key and value, or `None` after the last pair of a well-formed snapshot.
+    fn next_pair(&mut self) -> Result<Option<Pair<'a>>, RaftError> {
+        if self.remaining == 0 {
+            if !self.rest.is_empty() {
+                return Err(RaftError::Corrupt("the snapshot has trailing bytes".into()));
+            }
+            return Ok(None);
+        }
+        let key = self.take_part()?;
+        let value = self.take_part()?;
+        if std::str::from_utf8(key).is_err() {
+            return Err(RaftError::Corrupt("the snapshot holds a key that is not UTF-8".into()));
+        }
+        self.remaining -= 1;
+        Ok(Some((key, value)))
+    }
+
+    fn validate(mut self) -> Result<(), RaftError> {
+        while self.next_pair()?.is_some() {}
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::types::Request;
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId { leader_id: CommittedLeaderId::new(term, 1), index }
+    }
+
+    fn normal(index: u64, ops: Vec<Op>) -> Entry<TypeConfig> {
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Request { ops }) }
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put { key: key.into(), value: value.as_bytes().to_vec() }
+    }
+
+    fn open(dir: &std::path::Path) -> (StateMachineStore, Arc<SmShared>) {
+        let store = Store::open(dir, "test").expect("open store");
+        StateMachineStore::open(store).expect("open state machine")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn install_snapshot_replaces_the_state_machine() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let (mut leader, _) = open(leader_dir.path());
+        let (mut follower, follower_reads) = open(follower_dir.path());
+
+        let members: BTreeSet<u64> = [1].into_iter().collect();
+        let membership = Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Membership(Membership::new(vec![members], ())),
+        };
+        leader
+            .apply(vec![
+                membership,
+                normal(2, vec![put("a", "1"), put("dir/b", "2")]),
+                normal(3, vec![put("c", "3")]),
+            ])
+            .await
+            .expect("leader apply");
+        // The follower has keys the snapshot does not: they must not survive the install.
+        follower
+            .apply(vec![normal(1, vec![put("stale", "x"), put("dir/stale", "y"), put("a", "old")])])
+            .await
+            .expect("follower apply");
+
+        let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
+        follower.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+
+        assert_eq!(follower_reads.get("stale").expect("get"), None);
+        assert_eq!(follower_reads.get("dir/stale").expect("get"), None);
+        assert_eq!(follower_reads.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(follower_reads.get("c").expect("get"), Some(b"3".to_vec()));
+        assert_eq!(follower_reads.list("").expect("list"), vec!["a", "c", "dir/"]);
+        assert_eq!(follower_reads.list("dir/").expect("list"), vec!["b"]);
+        let (applied, membership) = follower.applied_state().await.expect("applied state");
+        assert_eq!(applied, Some(log_id(1, 3)));
+        assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+        let current =
+            follower.get_current_snapshot().await.expect("current").expect("some snapshot");
+        assert_eq!(current.meta, snapshot.meta);
+
+        // The install survives a reopen, and the replaced generation is gone from disk.
+        drop((follower, follower_reads));
+        let (mut reopened, reads) = open(follower_dir.path());
+        assert_eq!(reads.get("stale").expect("get"), None);
+        assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reopened.applied_state().await.expect("applied").0, Some(log_id(1, 3)));
+        let sm_trees: Vec<_> = reopened
+            .store
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|n| n.starts_with(TREE_SM_PREFIX.as_bytes()))
+            .collect();
+        assert_eq!(sm_trees.len(), 1, "exactly one state machine generation on disk");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_snapshot_leaves_the_state_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, reads) = open(dir.path());
+        sm.apply(vec![normal(1, vec![put("keep", "v")])]).await.expect("apply");
+
+        let mut writer = SnapshotWriter::new();
+        writer.push(b"new", b"value").expect("push");
+        let mut data = writer.finish();
+        data.truncate(data.len() - 2);
+        let meta = SnapshotMeta { last_log_id: Some(log_id(2, 9)), ..Default::default() };
+        let result = sm.install_snapshot(&meta, Box::new(Cursor::new(data))).await;
+        assert!(result.is_err(), "a truncated snapshot must be rejected");
+        assert_eq!(reads.get("keep").expect("get"), Some(b"v".to_vec()));
+        assert_eq!(reads.get("new").expect("get"), None);
+        assert_eq!(sm.applied_state().await.expect("applied").0, Some(log_id(1, 1)));
+    }
+
+    #[test]
+    fn snapshot_format_round_trips_and_rejects_padding() {
+        let mut writer = SnapshotWriter::new();
+        writer.push(b"k1", b"").expect("push");
+        writer.push(b"k2", &[0u8, 255, 7]).expect("push");
+        let data = writer.finish();
+        let mut reader = SnapshotReader::new(&data).expect("header");
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k1"[..], &b""[..])));
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k2"[..], &[0u8, 255, 7][..])));
+        assert_eq!(reader.next_pair().expect("end"), None);
+
+        let mut padded = data.clone();
+        padded.push(0);
+        assert!(SnapshotReader::new(&padded).expect("header").validate().is_err());
+        assert!(SnapshotReader::new(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The openraft type configuration and the data that goes through the log.
+//!
+//! Everything persisted or replicated is encoded with MessagePack (`rmp-serde`, named fields, see
+//! `store::encode`) so that a field added later does not silently shift the meaning of old bytes.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Raft types of vaultd's integrated storage. Node ids are `u64` because openraft 0.9 requires
+    /// `Copy` ids; Vault's string node id lives in [`Node`].
+    pub(crate) TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A member of the cluster as the membership records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Vault's node id (`storage "raft" { node_id = ... }`), shown by `sys/storage/raft/configuration`.
+    pub node_id: String,
+    /// Where clients reach this node's HTTP API: what a standby redirects or forwards to.
+    pub api_addr: String,
+    /// Where peers reach this node's cluster port (Raft RPCs, request forwarding).
+    pub cluster_addr: String,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (api {}, cluster {})", self.node_id, self.api_addr, self.cluster_addr)
+    }
+}
+
+/// One log entry's worth of writes, applied atomically. It may hold the operations of several
+/// callers (see `backend.rs`, group commit), in the order they must take effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub(crate) ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl Op {
+    /// Bytes this operation carries, for the batch and transaction size limits.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+        }
+    }
+}
+
+/// Applying a request has no result beyond success: every operation was validated before it was
+/// proposed, and an apply that fails for a local reason (I/O) must stop the node instead of being
+/// reported to one client (it would differ between nodes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Response {}
