@@ -25,7 +25,7 @@ use vaultd_storage::Backend;
 use crate::barrier::{Barrier, RootKey};
 use crate::error::{Error, Result};
 use crate::mounts::{self, MountEntry, MOUNT_TABLE_KEY};
-use crate::request::{Request, Response};
+use crate::request::{Operation, Request, Response};
 use crate::router::Router;
 use crate::seal::{self, SealConfig, UnsealKey, UnsealProgress};
 use crate::sys;
@@ -337,6 +337,12 @@ impl Core {
             return Err(Error::Sealed);
         }
         let token = self.authenticate(req.token.as_deref()).await?;
+        // Any valid token may look itself up, whatever its policies.
+        if req.path == "auth/token/lookup-self" && matches!(req.op, Operation::Read | Operation::Update) {
+            let mut data = token.lookup_data();
+            data["id"] = serde_json::Value::String(req.token.clone().unwrap_or_default());
+            return Ok(Some(Response::from_value(data)));
+        }
         // Only root tokens exist until ACL policies land; anything else is denied.
         if !token.is_root() {
             return Err(Error::PermissionDenied);

@@ -40,6 +40,42 @@ impl TokenEntry {
     pub fn is_root(&self) -> bool {
         self.policies.iter().any(|p| p == "root")
     }
+
+    /// The `data` of `auth/token/lookup-self`, in Vault's shape (hvac and the CLIs read it to
+    /// check a token is valid).
+    pub fn lookup_data(&self) -> serde_json::Value {
+        let fmt = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (expire_time, ttl) = if self.ttl == 0 {
+            (None, 0)
+        } else {
+            let exp = self.creation_time.saturating_add(self.ttl as i64);
+            (fmt(exp), (exp - now).max(0))
+        };
+        serde_json::json!({
+            "accessor": self.accessor,
+            "creation_time": self.creation_time,
+            "creation_ttl": self.ttl,
+            "display_name": self.display_name,
+            "entity_id": "",
+            "expire_time": expire_time,
+            "explicit_max_ttl": 0,
+            "id": serde_json::Value::Null,
+            "issue_time": fmt(self.creation_time),
+            "meta": self.meta,
+            "num_uses": self.num_uses,
+            "orphan": self.orphan,
+            "path": self.path,
+            "policies": self.policies,
+            "renewable": false,
+            "ttl": ttl,
+            "type": "service",
+        })
+    }
 }
 
 pub struct TokenStore {
