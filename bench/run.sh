@@ -51,7 +51,7 @@ HCL
     "http://127.0.0.1:$port/v1/sys/mounts/secret" > /dev/null
   curl -sf -X POST -H "X-Vault-Token: $token" -d '{"data":{"user":"app","password":"correct-horse"}}' \
     "http://127.0.0.1:$port/v1/secret/data/bench/read" > /dev/null
-  echo "$token"
+  TOKEN=$token
 }
 
 rate() { # lua port token -> requests/s (non-2xx are counted and reported)
@@ -64,11 +64,12 @@ rate() { # lua port token -> requests/s (non-2xx are counted and reported)
 }
 
 echo "== vaultd $("$VAULTD" --version 2>/dev/null | awk '{print $2}') vs $("$BAO" version | awk '{print $1, $2}'), single raft node, wrk -t$THREADS -c$CONNS -d$DURATION"
-VT=$(start_server vaultd "$VAULTD" 18500)
-VW=$(rate write 18500 "$VT"); VR=$(rate read 18500 "$VT")
+# Servers start in this shell (not in $(...)) so their pids are known to the cleanup trap.
+start_server vaultd "$VAULTD" 18500
+VW=$(rate write 18500 "$TOKEN"); VR=$(rate read 18500 "$TOKEN")
 kill -9 "${PIDS[0]}"
-BT=$(start_server openbao "$BAO" 18600)
-BW=$(rate write 18600 "$BT"); BR=$(rate read 18600 "$BT")
+start_server openbao "$BAO" 18600
+BW=$(rate write 18600 "$TOKEN"); BR=$(rate read 18600 "$TOKEN")
 
 printf '\n%-28s %12s %12s %8s\n' "KV v2, c=$CONNS" "vaultd" "OpenBao" "ratio"
 printf '%-28s %12s %12s %7.1fx\n' "writes/s" "$VW" "$BW" "$(python3 -c "print($VW/max($BW,1))")"

@@ -126,11 +126,14 @@ struct VersionData {
 pub struct KvV2 {
     view: View,
     stripes: Vec<Mutex<()>>,
+    /// The engine config, read on every write: cached after the first read and replaced when
+    /// this engine writes it. (Another node changing it arrives with HA's cache invalidation.)
+    config: std::sync::RwLock<Option<EngineConfig>>,
 }
 
 impl KvV2 {
     pub fn new(view: View) -> Self {
-        KvV2 { view, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+        KvV2 { view, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), config: std::sync::RwLock::new(None) }
     }
 
     fn stripe(&self, key: &str) -> &Mutex<()> {
@@ -153,7 +156,14 @@ impl KvV2 {
     }
 
     async fn config(&self) -> Result<EngineConfig> {
-        Ok(self.view.get_json("config").await?.unwrap_or_default())
+        if let Some(c) = self.config.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let c: EngineConfig = self.view.get_json("config").await?.unwrap_or_default();
+        if let Ok(mut slot) = self.config.write() {
+            *slot = Some(c.clone());
+        }
+        Ok(c)
     }
 
     fn version_json(version: u64, vm: &VersionMeta, meta: &KeyMeta) -> Value {
@@ -370,6 +380,9 @@ impl LogicalBackend for KvV2 {
                     c.cas_required = v.as_bool().ok_or_else(|| Error::bad_request("invalid cas_required"))?;
                 }
                 self.view.put_json("config", &c).await?;
+                if let Ok(mut slot) = self.config.write() {
+                    *slot = Some(c);
+                }
                 Ok(Some(Response::default()))
             }
             (_, _) if key.is_empty() && req.op != Operation::List => Err(Error::UnsupportedPath),

@@ -160,14 +160,19 @@ disable_mlock = true
             .env_remove("VAULT_CLUSTER_ADDR")
             .env_remove("BAO_API_ADDR")
             .env_remove("BAO_CLUSTER_ADDR");
+        let log_offset = self.log().len();
         self.child = Some(cmd.spawn().expect("spawn vaultd"));
-        self.wait_listening(Duration::from_secs(30));
+        self.wait_listening(Duration::from_secs(30), log_offset);
     }
 
-    fn wait_listening(&mut self, timeout: Duration) {
+    /// Waits for this start's banner (the log is appended to across restarts, hence the offset).
+    fn wait_listening(&mut self, timeout: Duration, log_offset: usize) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // The banner line comes after dev setup and before the accept loops start.
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.log().get(log_offset..).is_some_and(|l| l.contains("==> Vault server started!"))
+            {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {

@@ -20,7 +20,7 @@
 //!
 //! [`Syncer::sync`] therefore runs sled's flush and then `fdatasync`s the log file, fsyncs every
 //! blob that is new or changed size, and fsyncs a directory whose entries changed. Every point at
-//! which this crate tells openraft "on disk" (`append`'s callback, `save_vote`, `save_committed`,
+//! which this crate tells openraft "on disk" (`append`'s callback, `save_vote`,
 //! `truncate`, `purge`, `install_snapshot`) goes through it. One sync covers every tree: sled keeps
 //! a single log for the whole database.
 //!

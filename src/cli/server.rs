@@ -140,7 +140,16 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         max_lease_ttl: cfg.max_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
     });
 
+    // Dev mode is initialized and unsealed before the port opens, so the first client that can
+    // connect finds a ready server.
+    let dev_credentials = if args.dev {
+        Some(core.dev_setup(args.dev_root_token_id.as_deref()).await.map_err(|e| format!("dev setup: {e}"))?)
+    } else {
+        None
+    };
+
     let mut listener_lines = Vec::new();
+    let mut servers = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let tls = if l.tls_disable {
             None
@@ -152,7 +161,7 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         let tcp = listener::bind(&l.address).await.map_err(|e| e.to_string())?;
         let max = l.max_request_size.map(|v| v as usize);
         let app = http::app(AppState { core: core.clone(), max_request_size: max });
-        tokio::spawn(listener::serve(tcp, app, tls));
+        servers.push((tcp, app, tls));
         listener_lines.push(format!(
             "{:>24}: tcp (addr: \"{}\", cluster address: \"{}\", max_request_duration: \"{}\", max_request_size: \"{}\", tls: \"{}\")",
             format!("Listener {}", i + 1),
@@ -180,8 +189,7 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
     banner.push_str(&format!("{:>24}: vaultd v{} (Vault API {})\n", "Version", crate::VERSION, crate::API_VERSION));
     println!("{banner}");
 
-    if args.dev {
-        let (key, token) = core.dev_setup(args.dev_root_token_id.as_deref()).await.map_err(|e| format!("dev setup: {e}"))?;
+    if let Some((key, token)) = dev_credentials {
         println!(
             "WARNING! dev mode is enabled! In this mode, Vault runs entirely from a temporary\n\
              directory, is automatically initialized and unsealed, and the root token is\n\
@@ -195,6 +203,10 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         );
     }
     println!("==> Vault server started! Log data will stream in below:\n");
+    // Listeners start accepting only now: the banner (and dev credentials) are out first.
+    for (tcp, app, tls) in servers {
+        tokio::spawn(listener::serve(tcp, app, tls));
+    }
 
     wait_for_shutdown().await;
     tracing::info!("shutting down");
