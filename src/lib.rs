@@ -7,16 +7,19 @@
 pub mod barrier;
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod core;
 pub mod error;
 pub mod http;
 pub mod kv;
 pub mod mounts;
+pub mod policy;
 pub mod request;
 pub mod router;
 pub mod seal;
 pub mod sys;
 pub mod token;
+pub mod transit;
 pub mod view;
 
 /// This build's version.

@@ -146,6 +146,7 @@ pub fn resolve_type(kind: &str, options: &mut Option<Map<String, Value>>) -> Res
             opts.insert("version".into(), Value::String("2".into()));
             Ok("kv".into())
         }
+        "transit" => Ok("transit".into()),
         "" => Err(Error::bad_request("missing required 'type' parameter")),
         other => Err(Error::bad_request(format!("plugin not found in the catalog: {other}"))),
     }

@@ -15,10 +15,17 @@ use crate::mounts::MountEntry;
 use crate::request::{Request, Response};
 use crate::view::View;
 
-/// A secrets engine. `path` is the request path relative to the mount.
+/// A secrets engine or auth method. `path` is the request path relative to the mount.
 #[async_trait]
 pub trait LogicalBackend: Send + Sync {
     async fn handle(&self, req: &Request, path: &str) -> Result<Option<Response>>;
+
+    /// Paths (relative to the mount) served without a client token, such as `login` or
+    /// `login/*`. A trailing `*` matches any suffix. The core skips token and policy checks on
+    /// them; the backend authenticates the caller itself.
+    fn unauthenticated_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 pub struct Route {
@@ -46,6 +53,9 @@ impl Router {
             let backend: Arc<dyn LogicalBackend> = match entry.kind.as_str() {
                 "kv" if entry.kv_version() == 2 => Arc::new(KvV2::new(view)),
                 "kv" => Arc::new(KvV1::new(view)),
+                "transit" => Arc::new(crate::transit::Transit::new(view)),
+                "userpass" => Arc::new(crate::credential::userpass::Userpass::new(view)),
+                "approle" => Arc::new(crate::credential::approle::AppRole::new(view)),
                 "system" | "identity" | "cubbyhole" => continue,
                 other => return Err(Error::internal(format!("mount {} has unknown type {other}", entry.path))),
             };

@@ -206,7 +206,7 @@ async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
     if op == Operation::List && !path.ends_with('/') {
         path.push('/');
     }
-    let req = Request { op, path, data, token: inc.token() };
+    let req = Request { op, path, data, token: inc.token(), client: None, mount_point: String::new() };
     match core.handle_request(&req).await {
         Ok(resp) => logical_response(op, resp),
         Err(e) => error_response(&e),

@@ -1,0 +1,26 @@
+//! The `userpass` auth method. (Filled in by the secrets-API work.)
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::request::{Request, Response};
+use crate::router::LogicalBackend;
+use crate::view::View;
+
+pub struct Userpass {
+    #[allow(dead_code)]
+    view: View,
+}
+
+impl Userpass {
+    pub fn new(view: View) -> Self {
+        Userpass { view }
+    }
+}
+
+#[async_trait]
+impl LogicalBackend for Userpass {
+    async fn handle(&self, _req: &Request, _path: &str) -> Result<Option<Response>> {
+        Err(Error::UnsupportedPath)
+    }
+}
