@@ -26,6 +26,13 @@ pub trait LogicalBackend: Send + Sync {
     fn unauthenticated_paths(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Vault's existence check: for a write (`Operation::Update`) to `path`, does the target
+    /// exist? `Some(false)` makes the policy check ask for `create`, `Some(true)` for `update`;
+    /// `None` (the default) means the backend does not distinguish and `update` is required.
+    async fn existence_check(&self, _req: &Request, _path: &str) -> Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
 pub struct Route {
