@@ -27,6 +27,9 @@ pub enum Error {
     UnsupportedPath,
     #[error("http: request body too large")]
     BodyTooLarge,
+    /// A body in a format the endpoint does not take (PATCH without merge-patch JSON).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("missing client token")]
     MissingToken,
     /// The node cannot serve writes now (no leader, storage unavailable).

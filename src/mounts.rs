@@ -73,7 +73,7 @@ impl MountEntry {
 
     /// The JSON shape of `GET sys/mounts` entries.
     pub fn to_api(&self) -> Value {
-        json!({
+        let mut v = json!({
             "accessor": self.accessor,
             "config": {
                 "default_lease_ttl": self.config.default_lease_ttl,
@@ -90,7 +90,15 @@ impl MountEntry {
             "seal_wrap": self.seal_wrap,
             "type": self.kind,
             "uuid": self.uuid,
-        })
+        });
+        // Vault reports the plugin deprecation status of every pluggable engine, not of the
+        // built-in core mounts.
+        if !matches!(self.kind.as_str(), "system" | "identity" | "cubbyhole" | "token") {
+            if let Value::Object(o) = &mut v {
+                o.insert("deprecation_status".into(), Value::String("supported".into()));
+            }
+        }
+        v
     }
 }
 

@@ -42,6 +42,7 @@ pub fn error_status(e: &Error) -> StatusCode {
         Error::NoHandler(_) | Error::UnsupportedPath => StatusCode::NOT_FOUND,
         Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Seal(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
         Error::Barrier(BarrierError::Sealed) => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +105,41 @@ impl Incoming {
         auth.strip_prefix("Bearer ").map(|t| t.trim().to_string())
     }
 
+    /// The media type of the body, lower-cased, without parameters (`; charset=...`).
+    fn content_type(&self) -> String {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// The body of a write, as Vault reads it: a form when the client says
+    /// `application/x-www-form-urlencoded` and the body does not look like JSON (curl's `-d`
+    /// sends that content type with JSON bodies too), JSON otherwise.
+    pub fn write_body(&self) -> Result<Map<String, Value>, Error> {
+        let looks_json = self.body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{' || *b == b'[');
+        if self.content_type() == "application/x-www-form-urlencoded" && !looks_json {
+            return Ok(parse_form(&self.body));
+        }
+        self.json_body()
+    }
+
+    /// The body of a PATCH: Vault takes only JSON merge patches, and says so with a 415.
+    pub fn patch_body(&self) -> Result<Map<String, Value>, Error> {
+        let ct = self.content_type();
+        if ct.is_empty() {
+            // Go's mime.ParseMediaType error, which Vault passes through as a 400.
+            return Err(Error::bad_request("mime: no media type"));
+        }
+        if ct != "application/merge-patch+json" {
+            return Err(Error::UnsupportedMediaType(format!(
+                "PATCH requires Content-Type of application/merge-patch+json, provided {ct}"
+            )));
+        }
+        self.json_body()
+    }
+
     /// The body as a JSON object; empty is `{}`. Vault's text for a malformed body.
     pub fn json_body(&self) -> Result<Map<String, Value>, Error> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
@@ -149,6 +185,34 @@ fn parse_query(uri: &Uri) -> Map<String, Value> {
     m
 }
 
+/// Upper bound on form fields read from one body; the body size is already bounded, this bounds
+/// the work per field.
+const MAX_FORM_FIELDS: usize = 4096;
+
+/// `a=1&b=2` into `{"a":"1","b":"2"}`. A repeated key joins its values with commas, as Vault
+/// does with Go's `url.Values`.
+fn parse_form(body: &[u8]) -> Map<String, Value> {
+    let text = String::from_utf8_lossy(body);
+    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+    for pair in text.trim().split('&').take(MAX_FORM_FIELDS) {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (decode(k), decode(v));
+        match fields.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, values)) => values.push(v),
+            None => fields.push((k, vec![v])),
+        }
+    }
+    fields.into_iter().map(|(k, v)| (k, Value::String(v.join(",")))).collect()
+}
+
+/// Vault refuses `..` path segments rather than resolving them.
+fn has_relative_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "..")
+}
+
 fn decode(s: &str) -> String {
     let s = s.replace('+', " ");
     percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
@@ -191,8 +255,18 @@ async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
         "OPTIONS" => return empty_response(StatusCode::NO_CONTENT),
         _ => return error_response(&Error::UnsupportedOperation),
     };
+    if has_relative_segment(&inc.path) {
+        return error_response(&Error::bad_request("relative paths not supported"));
+    }
+    if op == Operation::Update && inc.path.ends_with('/') {
+        return error_response(&Error::bad_request("cannot write to a path ending in '/'"));
+    }
     let data = match op {
-        Operation::Update | Operation::Patch => match inc.json_body() {
+        Operation::Update => match inc.write_body() {
+            Ok(d) => d,
+            Err(e) => return error_response(&e),
+        },
+        Operation::Patch => match inc.patch_body() {
             Ok(d) => d,
             Err(e) => return error_response(&e),
         },
