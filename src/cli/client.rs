@@ -24,6 +24,7 @@ pub struct Client {
 pub struct ApiError {
     pub status: Option<StatusCode>,
     pub errors: Vec<String>,
+    /// `METHOD url`, as the Go client prints it.
     pub url: String,
 }
 
@@ -42,12 +43,18 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The token helper's file: `~/.vault-token`, as Vault's default helper.
+pub fn token_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".vault-token"))
+}
+
 impl Client {
     pub fn from_env() -> Result<Client, String> {
         let addr = env("ADDR").unwrap_or_else(|| "https://127.0.0.1:8200".to_string());
+        // VAULT_TOKEN wins over the token helper's file, as in Vault.
         let token = env("TOKEN").or_else(|| {
-            let home = std::env::var("HOME").ok()?;
-            std::fs::read_to_string(format!("{home}/.vault-token")).ok().map(|t| t.trim().to_string())
+            let t = std::fs::read_to_string(token_file()?).ok()?;
+            Some(t.trim().to_string()).filter(|t| !t.is_empty())
         });
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
         if env("SKIP_VERIFY").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
@@ -62,17 +69,33 @@ impl Client {
         Ok(Client { http, addr: addr.trim_end_matches('/').to_string(), token })
     }
 
+    /// Uses `token` for this client's requests instead of the configured one.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Sends a request to `/v1/<path>`; returns the status and the JSON body (Null if empty).
     pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), ApiError> {
         let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ApiError { status: None, errors: vec![e.to_string()], url: url.clone() })?;
+        let shown = format!("{method} {url}");
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ApiError { status: None, errors: vec![e.to_string()], url: shown.clone() })?;
+        let patch = method.as_str() == "PATCH";
         let mut req = self.http.request(method, &url).header("X-Vault-Request", "true");
         if let Some(t) = &self.token {
             req = req.header("X-Vault-Token", t);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            // Vault takes only JSON merge patches on PATCH.
+            let ct = if patch { "application/merge-patch+json" } else { "application/json" };
+            let bytes = serde_json::to_vec(b).map_err(|e| ApiError { status: None, errors: vec![e.to_string()], url: shown.clone() })?;
+            req = req.header("Content-Type", ct).body(bytes);
         }
+        let url = shown;
         let resp = req.send().await.map_err(|e| ApiError { status: None, errors: vec![format!("{e}")], url: url.clone() })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ApiError { status: Some(status), errors: vec![e.to_string()], url: url.clone() })?;
@@ -82,16 +105,36 @@ impl Client {
 
     /// Like [`request`](Self::request) but turns error statuses into an [`ApiError`].
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
+        let url = format!("{method} {}/v1/{}", self.addr, path.trim_start_matches('/'));
         let (status, json) = self.request(method, path, body).await?;
         if status.is_success() {
             return Ok(json);
         }
-        let errors = json
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        Err(ApiError { status: Some(status), errors, url })
+        Err(api_error(status, &json, url))
     }
+
+    /// A read as the Go client does it: a 404 with data or warnings (a deleted KV version, a
+    /// hint about the path) is still an answer; a bare 404 is `None`.
+    pub async fn read(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Option<Value>, ApiError> {
+        let url = format!("{method} {}/v1/{}", self.addr, path.trim_start_matches('/'));
+        let (status, json) = self.request(method, path, body).await?;
+        if status.is_success() {
+            return Ok(Some(json));
+        }
+        if status == StatusCode::NOT_FOUND {
+            let has_data = json.get("data").is_some_and(|d| !d.is_null());
+            let has_warnings = json.get("warnings").and_then(Value::as_array).is_some_and(|w| !w.is_empty());
+            return Ok(if has_data || has_warnings { Some(json) } else { None });
+        }
+        Err(api_error(status, &json, url))
+    }
+}
+
+fn api_error(status: StatusCode, json: &Value, url: String) -> ApiError {
+    let errors = json
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    ApiError { status: Some(status), errors, url }
 }

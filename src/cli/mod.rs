@@ -6,6 +6,9 @@
 
 pub mod client;
 pub mod commands;
+pub mod generic;
+pub mod kv;
+pub mod output;
 pub mod server;
 
 use std::ffi::OsString;
@@ -32,6 +35,28 @@ pub enum Command {
     /// Read and write secrets in a KV mount.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Read any path: `read PATH [key=value...]`.
+    Read(PathArgs),
+    /// Write any path: `write PATH key=value...`.
+    Write(PathArgs),
+    /// Delete any path.
+    Delete(PathArgs),
+    /// List the keys below any path.
+    List(PathArgs),
+    /// Create, look up and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage ACL policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Authenticate and store the token for later commands.
+    Login(LoginArgs),
+    /// Mount, unmount and list secrets engines.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Enable, disable and list auth methods.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 #[derive(Args, Debug)]
@@ -89,18 +114,40 @@ pub enum OperatorCommand {
     Seal,
 }
 
+/// Flags every client command that prints a secret takes.
+#[derive(Args, Debug, Clone)]
+pub struct OutArgs {
+    /// Output format: table or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Print only this field of the answer.
+    #[arg(long)]
+    pub field: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KvCommand {
-    /// Write a secret: `kv put [-mount=M] PATH key=value...`.
+    /// Write a secret: `kv put [-mount=M] [-cas=N] PATH key=value...`.
     Put {
         #[arg(long)]
         mount: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         cas: Option<i64>,
         path: String,
         pairs: Vec<String>,
         #[command(flatten)]
-        fmt: FormatArgs,
+        out: OutArgs,
+    },
+    /// Merge new keys into the latest version of a secret (KV v2 only).
+    Patch {
+        #[arg(long)]
+        mount: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        cas: Option<i64>,
+        path: String,
+        pairs: Vec<String>,
+        #[command(flatten)]
+        out: OutArgs,
     },
     /// Read a secret.
     Get {
@@ -108,12 +155,210 @@ pub enum KvCommand {
         mount: Option<String>,
         #[arg(long)]
         version: Option<u64>,
-        #[arg(long)]
-        field: Option<String>,
         path: String,
         #[command(flatten)]
-        fmt: FormatArgs,
+        out: OutArgs,
     },
+    /// List the keys below a path.
+    List {
+        #[arg(long)]
+        mount: Option<String>,
+        path: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Soft-delete the latest version, or the versions named by `-versions`.
+    Delete {
+        #[arg(long)]
+        mount: Option<String>,
+        #[arg(long)]
+        versions: Option<String>,
+        path: String,
+    },
+    /// Restore soft-deleted versions.
+    Undelete {
+        #[arg(long)]
+        mount: Option<String>,
+        #[arg(long)]
+        versions: Option<String>,
+        path: String,
+    },
+    /// Permanently remove versions.
+    Destroy {
+        #[arg(long)]
+        mount: Option<String>,
+        #[arg(long)]
+        versions: Option<String>,
+        path: String,
+    },
+    /// A secret's metadata: get, put, delete.
+    #[command(subcommand)]
+    Metadata(KvMetadataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvMetadataCommand {
+    Get {
+        #[arg(long)]
+        mount: Option<String>,
+        path: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    Put {
+        #[arg(long)]
+        mount: Option<String>,
+        #[arg(long = "max-versions")]
+        max_versions: Option<i64>,
+        #[arg(long = "cas-required", num_args = 0..=1, default_missing_value = "true")]
+        cas_required: Option<bool>,
+        #[arg(long = "delete-version-after")]
+        delete_version_after: Option<String>,
+        /// `key=value`; may repeat.
+        #[arg(long = "custom-metadata")]
+        custom_metadata: Vec<String>,
+        path: String,
+    },
+    Delete {
+        #[arg(long)]
+        mount: Option<String>,
+        path: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token.
+    Create {
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long = "explicit-max-ttl")]
+        explicit_max_ttl: Option<String>,
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long = "display-name")]
+        display_name: Option<String>,
+        #[arg(long = "use-limit", alias = "num-uses")]
+        use_limit: Option<u64>,
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        renewable: Option<bool>,
+        #[arg(long)]
+        orphan: bool,
+        #[arg(long = "no-default-policy")]
+        no_default_policy: bool,
+        /// `key=value`; may repeat.
+        #[arg(long)]
+        metadata: Vec<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Show a token's properties (the caller's own without an argument).
+    Lookup {
+        /// The argument is an accessor, not a token.
+        #[arg(long)]
+        accessor: bool,
+        token: Option<String>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Revoke a token and its children.
+    Revoke {
+        #[arg(long)]
+        accessor: bool,
+        #[arg(long = "self")]
+        self_: bool,
+        token: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Upload a policy from a file, or from stdin with `-`.
+    Write { name: String, file: String },
+    Read {
+        name: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    List {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Mount a secrets engine: `secrets enable [-path=P] [-version=2] TYPE`.
+    Enable {
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long = "default-lease-ttl")]
+        default_lease_ttl: Option<String>,
+        #[arg(long = "max-lease-ttl")]
+        max_lease_ttl: Option<String>,
+        kind: String,
+    },
+    Disable { path: String },
+    List {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Enable an auth method: `auth enable [-path=P] TYPE`.
+    Enable {
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        kind: String,
+    },
+    Disable { path: String },
+    List {
+        #[command(flatten)]
+        out: OutArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Auth method: token (default) or userpass.
+    #[arg(long, default_value = "token")]
+    pub method: String,
+    /// Mount path of the auth method (defaults to the method's name).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Do not store the token in ~/.vault-token.
+    #[arg(long = "no-store")]
+    pub no_store: bool,
+    /// A token, or `key=value` pairs for the method (`username=U password=P`).
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    pub path: String,
+    /// `key=value` pairs (`@file` reads a file, `-` reads JSON from stdin).
+    pub pairs: Vec<String>,
+    #[command(flatten)]
+    pub out: OutArgs,
 }
 
 /// Rewrites Go-style `-flag` / `-flag=value` into clap's `--flag` form. Stops at `--`, and
@@ -152,7 +397,16 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Server(args) => server::run(args).await,
         Command::Operator(cmd) => commands::operator(cmd).await,
         Command::Status(fmt) => commands::status(&fmt).await,
-        Command::Kv(cmd) => commands::kv(cmd).await,
+        Command::Kv(cmd) => kv::run(cmd).await,
+        Command::Read(a) => generic::read(a).await,
+        Command::Write(a) => generic::write(a).await,
+        Command::Delete(a) => generic::delete(a).await,
+        Command::List(a) => generic::list(a).await,
+        Command::Token(cmd) => generic::token(cmd).await,
+        Command::Policy(cmd) => generic::policy(cmd).await,
+        Command::Login(a) => generic::login(a).await,
+        Command::Secrets(cmd) => generic::secrets(cmd).await,
+        Command::Auth(cmd) => generic::auth(cmd).await,
     }
 }
 
