@@ -42,7 +42,8 @@ async fn preflight(c: &Client, mount: Option<&str>, path: &str) -> Result<KvPath
                 Some(Value::Number(n)) if n.as_u64() == Some(2) => 2,
                 _ => 1,
             };
-            let rest = full.strip_prefix(&mount_path).unwrap_or(&full).to_string();
+            // `secret` names the mount `secret/` itself.
+            let rest = if format!("{full}/") == mount_path { String::new() } else { full.strip_prefix(&mount_path).unwrap_or(&full).to_string() };
             Ok(KvPath { mount: mount_path, rest, version })
         }
         Ok(None) => Ok(KvPath { mount: String::new(), rest: full, version: 1 }),
