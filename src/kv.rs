@@ -45,7 +45,8 @@ const UPGRADE_CHUNK: usize = 64;
 /// a retried upgrade that `meta/` and `versions/` keys are its own earlier output.
 const UPGRADE_MARKER: &str = "upgrading-from-v1";
 
-const ROOT_WARNING: &str = "Non-listing operations on the root of a K/V v2 mount are not supported.";
+const ROOT_WARNING: &str =
+    "Non-listing operations on the root of a K/V v2 mount are not supported.";
 const INVALID_PATH_WARNING: &str = "Invalid path for a versioned K/V secrets engine. See the API docs for the appropriate API endpoints to use. If using the Vault CLI, use 'vault kv get' for this operation.";
 
 pub fn now_rfc3339() -> String {
@@ -75,7 +76,9 @@ fn present<'a>(data: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 pub fn field_int(data: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
     let Some(v) = present(data, name) else { return Ok(None) };
     let parsed = match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+        }),
         Value::String(s) if s.trim().is_empty() => Some(0),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
@@ -86,7 +89,9 @@ pub fn field_int(data: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
 fn field_uint(data: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
     match field_int(data, name)? {
         None => Ok(None),
-        Some(n) => u64::try_from(n).map(Some).map_err(|_| field_error(name, format!("cannot provide negative value '{n}'"))),
+        Some(n) => u64::try_from(n)
+            .map(Some)
+            .map_err(|_| field_error(name, format!("cannot provide negative value '{n}'"))),
     }
 }
 
@@ -130,14 +135,16 @@ pub fn parse_signed_duration(s: &str) -> std::result::Result<i64, String> {
         Some(rest) => (true, rest),
         None => (false, t),
     };
-    let d = crate::config::parse_duration(abs).map_err(|_| format!("time: invalid duration \"{s}\""))?;
+    let d = crate::config::parse_duration(abs)
+        .map_err(|_| format!("time: invalid duration \"{s}\""))?;
     let secs = i64::try_from(d.as_secs()).map_err(|_| format!("time: invalid duration \"{s}\""))?;
     Ok(if neg { -secs } else { secs })
 }
 
 /// Go's `time.Duration.String()` for whole seconds, negative included (`-1s`, `1h30m0s`).
 pub fn format_duration_secs(secs: i64) -> String {
-    let abs = crate::config::format_duration_go(std::time::Duration::from_secs(secs.unsigned_abs()));
+    let abs =
+        crate::config::format_duration_go(std::time::Duration::from_secs(secs.unsigned_abs()));
     if secs < 0 {
         format!("-{abs}")
     } else {
@@ -149,7 +156,9 @@ fn field_object(data: &Map<String, Value>, name: &str) -> Result<Option<Map<Stri
     match present(data, name) {
         None => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m.clone())),
-        Some(other) => Err(field_error(name, format!("expected a JSON object, got {}", type_name(other)))),
+        Some(other) => {
+            Err(field_error(name, format!("expected a JSON object, got {}", type_name(other))))
+        }
     }
 }
 
@@ -166,10 +175,15 @@ fn type_name(v: &Value) -> &'static str {
 
 /// `custom_metadata`: string values (numbers and booleans are converted, as Vault does), within
 /// Vault's limits. `null` values are kept as `None` for merge patches to delete.
-fn field_custom_metadata(data: &Map<String, Value>, name: &str) -> Result<Option<BTreeMap<String, Option<String>>>> {
+fn field_custom_metadata(
+    data: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Option<String>>>> {
     let Some(obj) = field_object(data, name)? else { return Ok(None) };
     if obj.len() > MAX_CUSTOM_METADATA_KEYS {
-        return Err(Error::bad_request(format!("custom_metadata may not have more than {MAX_CUSTOM_METADATA_KEYS} keys")));
+        return Err(Error::bad_request(format!(
+            "custom_metadata may not have more than {MAX_CUSTOM_METADATA_KEYS} keys"
+        )));
     }
     let mut out = BTreeMap::new();
     for (k, v) in obj {
@@ -183,7 +197,12 @@ fn field_custom_metadata(data: &Map<String, Value>, name: &str) -> Result<Option
             Value::String(s) => Some(s),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
-            other => return Err(field_error(name, format!("value of {k:?} must be a string, got {}", type_name(&other)))),
+            other => {
+                return Err(field_error(
+                    name,
+                    format!("value of {k:?} must be a string, got {}", type_name(&other)),
+                ))
+            }
         };
         if s.as_ref().is_some_and(|s| s.len() > MAX_CUSTOM_METADATA_VALUE_LEN) {
             return Err(Error::bad_request(format!(
@@ -347,7 +366,11 @@ pub struct KvV2 {
 
 impl KvV2 {
     pub fn new(view: View) -> Self {
-        KvV2 { view, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), config: std::sync::RwLock::new(None) }
+        KvV2 {
+            view,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            config: std::sync::RwLock::new(None),
+        }
     }
 
     fn stripe(&self, key: &str) -> &Mutex<()> {
@@ -403,9 +426,13 @@ impl KvV2 {
         let metadata = Self::version_json(version, vm, &meta);
         if !vm.readable_at(OffsetDateTime::now_utc()) {
             // Vault answers 404 but still shows the version's metadata.
-            return Ok(Some(Response::from_value(json!({ "data": null, "metadata": metadata })).with_status(404)));
+            return Ok(Some(
+                Response::from_value(json!({ "data": null, "metadata": metadata }))
+                    .with_status(404),
+            ));
         }
-        let data: Option<VersionData> = self.view.get_json(&Self::version_key(key, version)).await?;
+        let data: Option<VersionData> =
+            self.view.get_json(&Self::version_key(key, version)).await?;
         let Some(data) = data else { return Ok(None) };
         Ok(Some(Response::from_value(json!({ "data": data.data, "metadata": metadata }))))
     }
@@ -421,9 +448,13 @@ impl KvV2 {
         let Some(vm) = meta.versions.get(&version) else { return Ok(None) };
         let metadata = Self::version_json(version, vm, &meta);
         if !vm.readable_at(OffsetDateTime::now_utc()) {
-            return Ok(Some(Response::from_value(json!({ "subkeys": null, "metadata": metadata })).with_status(404)));
+            return Ok(Some(
+                Response::from_value(json!({ "subkeys": null, "metadata": metadata }))
+                    .with_status(404),
+            ));
         }
-        let data: Option<VersionData> = self.view.get_json(&Self::version_key(key, version)).await?;
+        let data: Option<VersionData> =
+            self.view.get_json(&Self::version_key(key, version)).await?;
         let Some(data) = data else { return Ok(None) };
         let subkeys = subkeys(&data.data, depth as u64, 1);
         Ok(Some(Response::from_value(json!({ "subkeys": subkeys, "metadata": metadata }))))
@@ -433,8 +464,14 @@ impl KvV2 {
         let options = field_object(&req.data, "options")?;
         match options.as_ref().and_then(|o| o.get("cas")) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| Error::bad_request("error parsing check-and-set parameter")),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| Error::bad_request("error parsing check-and-set parameter")),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Error::bad_request("error parsing check-and-set parameter")),
+            Some(Value::String(s)) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::bad_request("error parsing check-and-set parameter")),
             Some(_) => Err(Error::bad_request("error parsing check-and-set parameter")),
         }
     }
@@ -468,22 +505,36 @@ impl KvV2 {
     async fn patch_data(&self, req: &Request, key: &str) -> Result<Option<Response>> {
         let patch = match present(&req.data, "data") {
             Some(Value::Object(m)) => Value::Object(m.clone()),
-            Some(other) => return Err(field_error("data", format!("expected a JSON object, got {}", type_name(other)))),
+            Some(other) => {
+                return Err(field_error(
+                    "data",
+                    format!("expected a JSON object, got {}", type_name(other)),
+                ))
+            }
             None => return Err(Error::bad_request("no data provided")),
         };
         let cas = Self::parse_cas(req)?;
         let config = self.config().await?;
         let _guard = self.stripe(key).lock().await;
-        let Some(meta) = self.meta(key).await? else { return Ok(Some(Response::default().with_status(404))) };
+        let Some(meta) = self.meta(key).await? else {
+            return Ok(Some(Response::default().with_status(404)));
+        };
         let current = meta.current_version;
-        let Some(vm) = meta.versions.get(&current) else { return Ok(Some(Response::default().with_status(404))) };
+        let Some(vm) = meta.versions.get(&current) else {
+            return Ok(Some(Response::default().with_status(404)));
+        };
         if !vm.readable_at(OffsetDateTime::now_utc()) {
             // As Vault: 404 with the latest version's metadata.
-            return Ok(Some(Response::from_value(Self::version_json(current, vm, &meta)).with_status(404)));
+            return Ok(Some(
+                Response::from_value(Self::version_json(current, vm, &meta)).with_status(404),
+            ));
         }
         Self::check_cas(&config, &meta, cas)?;
-        let existing: Option<VersionData> = self.view.get_json(&Self::version_key(key, current)).await?;
-        let Some(existing) = existing else { return Ok(Some(Response::default().with_status(404))) };
+        let existing: Option<VersionData> =
+            self.view.get_json(&Self::version_key(key, current)).await?;
+        let Some(existing) = existing else {
+            return Ok(Some(Response::default().with_status(404)));
+        };
         let mut merged = Value::Object(existing.data);
         merge_patch(&mut merged, &patch);
         let Value::Object(merged) = merged else {
@@ -494,7 +545,13 @@ impl KvV2 {
 
     /// Appends a version, prunes versions past `max_versions`, and writes both in one
     /// transaction. The caller holds the key's stripe lock and has checked CAS.
-    async fn commit_version(&self, key: &str, mut meta: KeyMeta, data: Map<String, Value>, config: &EngineConfig) -> Result<Option<Response>> {
+    async fn commit_version(
+        &self,
+        key: &str,
+        mut meta: KeyMeta,
+        data: Map<String, Value>,
+        config: &EngineConfig,
+    ) -> Result<Option<Response>> {
         let now = OffsetDateTime::now_utc();
         let now_s = format_time(now);
         if meta.created_time.is_empty() {
@@ -503,13 +560,17 @@ impl KvV2 {
         meta.updated_time = now_s.clone();
         let version = meta.current_version + 1;
         meta.current_version = version;
-        let deletion_time = effective_delete_after(meta.delete_version_after, config.delete_version_after)
-            .map(|secs| format_time(now + time::Duration::seconds(secs)))
-            .unwrap_or_default();
+        let deletion_time =
+            effective_delete_after(meta.delete_version_after, config.delete_version_after)
+                .map(|secs| format_time(now + time::Duration::seconds(secs)))
+                .unwrap_or_default();
         let vm = VersionMeta { created_time: now_s, deletion_time, destroyed: false };
         meta.versions.insert(version, vm.clone());
 
-        let mut ops = vec![ViewOp::Put(Self::version_key(key, version), serde_json::to_vec(&VersionData { data })?)];
+        let mut ops = vec![ViewOp::Put(
+            Self::version_key(key, version),
+            serde_json::to_vec(&VersionData { data })?,
+        )];
         // Vault prunes by version number: everything at or below `current - max` goes.
         let max = effective_max_versions(meta.max_versions, config.max_versions);
         if version > max {
@@ -528,7 +589,12 @@ impl KvV2 {
 
     /// Soft-deletes (`delete`), restores (`undelete`) or destroys versions. `None` versions
     /// means the latest one (DELETE on `data/`).
-    async fn change_versions(&self, key: &str, versions: Option<Vec<u64>>, action: VersionAction) -> Result<Option<Response>> {
+    async fn change_versions(
+        &self,
+        key: &str,
+        versions: Option<Vec<u64>>,
+        action: VersionAction,
+    ) -> Result<Option<Response>> {
         let config = self.config().await?;
         let _guard = self.stripe(key).lock().await;
         let Some(mut meta) = self.meta(key).await? else {
@@ -551,7 +617,9 @@ impl KvV2 {
                 VersionAction::Undelete => {
                     if !vm.destroyed && vm.deleted_at(now) {
                         // Vault re-arms delete_version_after from now.
-                        vm.deletion_time = dva.map(|s| format_time(now + time::Duration::seconds(s))).unwrap_or_default();
+                        vm.deletion_time = dva
+                            .map(|s| format_time(now + time::Duration::seconds(s)))
+                            .unwrap_or_default();
                         changed = true;
                     }
                 }
@@ -599,12 +667,20 @@ impl KvV2 {
 
     /// `POST metadata/<path>` (replace the given settings) and `PATCH` (merge them; a `null` in
     /// `custom_metadata` removes that key). PATCH needs the key to exist.
-    async fn write_metadata(&self, req: &Request, key: &str, patch: bool) -> Result<Option<Response>> {
+    async fn write_metadata(
+        &self,
+        req: &Request,
+        key: &str,
+        patch: bool,
+    ) -> Result<Option<Response>> {
         let max_versions = field_uint(&req.data, "max_versions")?;
         let cas_required = field_bool(&req.data, "cas_required")?;
         let dva = field_duration_secs(&req.data, "delete_version_after")?;
         if let Some(d) = dva.filter(|d| *d < 0) {
-            return Err(field_error("delete_version_after", format!("cannot provide negative value '{d}'")));
+            return Err(field_error(
+                "delete_version_after",
+                format!("cannot provide negative value '{d}'"),
+            ));
         }
         let custom = field_custom_metadata(&req.data, "custom_metadata")?;
         let _guard = self.stripe(key).lock().await;
@@ -613,7 +689,8 @@ impl KvV2 {
             return Ok(Some(Response::default().with_status(404)));
         }
         let now = now_rfc3339();
-        let mut meta = existing.unwrap_or_else(|| KeyMeta { created_time: now.clone(), ..Default::default() });
+        let mut meta =
+            existing.unwrap_or_else(|| KeyMeta { created_time: now.clone(), ..Default::default() });
         if let Some(v) = max_versions {
             meta.max_versions = v;
         }
@@ -624,7 +701,11 @@ impl KvV2 {
             meta.delete_version_after = v;
         }
         if let Some(custom) = custom {
-            let mut merged = if patch { meta.custom_metadata.take().unwrap_or_default() } else { BTreeMap::new() };
+            let mut merged = if patch {
+                meta.custom_metadata.take().unwrap_or_default()
+            } else {
+                BTreeMap::new()
+            };
             for (k, v) in custom {
                 match v {
                     Some(v) => {
@@ -636,7 +717,9 @@ impl KvV2 {
                 }
             }
             if merged.len() > MAX_CUSTOM_METADATA_KEYS {
-                return Err(Error::bad_request(format!("custom_metadata may not have more than {MAX_CUSTOM_METADATA_KEYS} keys")));
+                return Err(Error::bad_request(format!(
+                    "custom_metadata may not have more than {MAX_CUSTOM_METADATA_KEYS} keys"
+                )));
             }
             meta.custom_metadata = Some(merged);
         }
@@ -648,7 +731,8 @@ impl KvV2 {
     async fn delete_metadata(&self, key: &str) -> Result<Option<Response>> {
         let _guard = self.stripe(key).lock().await;
         let Some(meta) = self.meta(key).await? else { return Ok(Some(Response::default())) };
-        let mut ops: Vec<ViewOp> = meta.versions.keys().map(|v| ViewOp::Delete(Self::version_key(key, *v))).collect();
+        let mut ops: Vec<ViewOp> =
+            meta.versions.keys().map(|v| ViewOp::Delete(Self::version_key(key, *v))).collect();
         ops.push(ViewOp::Delete(format!("meta/{key}")));
         self.view.transaction(ops).await?;
         Ok(Some(Response::default()))
@@ -708,7 +792,9 @@ fn subkeys(data: &Map<String, Value>, max_depth: u64, depth: u64) -> Value {
     let mut out = Map::new();
     for (k, v) in data {
         let child = match v {
-            Value::Object(m) if max_depth == 0 || depth < max_depth => subkeys(m, max_depth, depth + 1),
+            Value::Object(m) if max_depth == 0 || depth < max_depth => {
+                subkeys(m, max_depth, depth + 1)
+            }
             _ => Value::Null,
         };
         out.insert(k.clone(), child);
@@ -747,7 +833,8 @@ fn effective_delete_after(key: i64, engine: i64) -> Option<i64> {
 }
 
 fn parse_versions(req: &Request) -> Result<Vec<u64>> {
-    let raw = present(&req.data, "versions").ok_or_else(|| Error::bad_request("No version number provided"))?;
+    let raw = present(&req.data, "versions")
+        .ok_or_else(|| Error::bad_request("No version number provided"))?;
     let one = |v: &Value| match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -755,7 +842,11 @@ fn parse_versions(req: &Request) -> Result<Vec<u64>> {
     };
     let list: Vec<u64> = match raw {
         Value::Array(items) => items.iter().map(one).collect::<Option<Vec<_>>>(),
-        Value::String(s) => s.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().parse().ok()).collect::<Option<Vec<_>>>(),
+        Value::String(s) => s
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<Vec<_>>>(),
         other => one(other).map(|v| vec![v]),
     }
     .ok_or_else(|| field_error("versions", "versions must be a list of non-negative integers"))?;
@@ -763,7 +854,9 @@ fn parse_versions(req: &Request) -> Result<Vec<u64>> {
         return Err(Error::bad_request("No version number provided"));
     }
     if list.len() > MAX_VERSIONS_PER_CALL {
-        return Err(Error::bad_request(format!("at most {MAX_VERSIONS_PER_CALL} versions per request")));
+        return Err(Error::bad_request(format!(
+            "at most {MAX_VERSIONS_PER_CALL} versions per request"
+        )));
     }
     Ok(list)
 }
@@ -784,21 +877,29 @@ impl LogicalBackend for KvV2 {
             ("config", Operation::Update) if key.is_empty() => self.write_config(req).await,
             ("config", _) if key.is_empty() => Err(Error::UnsupportedOperation),
             // `secret/data` without a slash: Vault's hint that the mount root takes only LIST.
-            ("data" | "metadata" | "delete" | "undelete" | "destroy", _) if !path.contains('/') && req.op != Operation::List => {
+            ("data" | "metadata" | "delete" | "undelete" | "destroy", _)
+                if !path.contains('/') && req.op != Operation::List =>
+            {
                 Ok(warning_404(ROOT_WARNING))
             }
             ("metadata", Operation::List) => self.list_metadata(key, false).await,
             ("detailed-metadata", Operation::List) => self.list_metadata(key, true).await,
             ("data" | "metadata" | "subkeys", Operation::Read) if key.is_empty() => Ok(None),
-            ("data" | "delete" | "undelete" | "destroy" | "metadata" | "subkeys", _) if key.is_empty() => {
+            ("data" | "delete" | "undelete" | "destroy" | "metadata" | "subkeys", _)
+                if key.is_empty() =>
+            {
                 Err(Error::UnsupportedOperation)
             }
             ("data", Operation::Read) => self.read_data(req, key).await,
             ("data", Operation::Update) => self.write_data(req, key).await,
             ("data", Operation::Patch) => self.patch_data(req, key).await,
-            ("data", Operation::Delete) => self.change_versions(key, None, VersionAction::Delete).await,
+            ("data", Operation::Delete) => {
+                self.change_versions(key, None, VersionAction::Delete).await
+            }
             ("subkeys", Operation::Read) => self.read_subkeys(req, key).await,
-            ("delete", Operation::Update) => self.change_versions(key, Some(parse_versions(req)?), VersionAction::Delete).await,
+            ("delete", Operation::Update) => {
+                self.change_versions(key, Some(parse_versions(req)?), VersionAction::Delete).await
+            }
             ("undelete", Operation::Update) => {
                 self.change_versions(key, Some(parse_versions(req)?), VersionAction::Undelete).await
             }
@@ -809,7 +910,9 @@ impl LogicalBackend for KvV2 {
             ("metadata", Operation::Update) => self.write_metadata(req, key, false).await,
             ("metadata", Operation::Patch) => self.write_metadata(req, key, true).await,
             ("metadata", Operation::Delete) => self.delete_metadata(key).await,
-            ("data" | "delete" | "undelete" | "destroy" | "detailed-metadata" | "subkeys", _) if path.contains('/') => {
+            ("data" | "delete" | "undelete" | "destroy" | "detailed-metadata" | "subkeys", _)
+                if path.contains('/') =>
+            {
                 Err(Error::UnsupportedOperation)
             }
             _ => Ok(warning_404(INVALID_PATH_WARNING)),
@@ -823,7 +926,9 @@ impl LogicalBackend for KvV2 {
             return Ok(None);
         }
         match path.split_once('/') {
-            Some(("data" | "metadata", key)) if !key.is_empty() && !key.ends_with('/') => Ok(Some(self.meta(key).await?.is_some())),
+            Some(("data" | "metadata", key)) if !key.is_empty() && !key.ends_with('/') => {
+                Ok(Some(self.meta(key).await?.is_some()))
+            }
             _ => Ok(None),
         }
     }
@@ -850,7 +955,9 @@ pub async fn upgrade_v1_to_v2(view: &View) -> Result<usize> {
         )),
         other => other,
     })?;
-    let owned_by_v2 = |k: &str| k.starts_with("meta/") || k.starts_with("versions/") || k == "config" || k == UPGRADE_MARKER;
+    let owned_by_v2 = |k: &str| {
+        k.starts_with("meta/") || k.starts_with("versions/") || k == "config" || k == UPGRADE_MARKER
+    };
     let mut keys = Vec::new();
     for k in all {
         if owned_by_v2(&k) {
@@ -896,7 +1003,10 @@ pub async fn upgrade_v1_to_v2(view: &View) -> Result<usize> {
             if !targets.contains(k) {
                 ops.push(ViewOp::Delete(k.clone()));
             }
-            ops.push(ViewOp::Put(KvV2::version_key(k, 1), serde_json::to_vec(&VersionData { data })?));
+            ops.push(ViewOp::Put(
+                KvV2::version_key(k, 1),
+                serde_json::to_vec(&VersionData { data })?,
+            ));
             ops.push(ViewOp::Put(format!("meta/{k}"), serde_json::to_vec(&meta)?));
             converted += 1;
         }
@@ -961,7 +1071,9 @@ mod tests {
 
     #[test]
     fn weak_fields_convert_like_vault() {
-        let m: Map<String, Value> = serde_json::from_value(json!({"a": "3", "b": 4, "c": "x", "d": "true", "e": "1h"})).unwrap();
+        let m: Map<String, Value> =
+            serde_json::from_value(json!({"a": "3", "b": 4, "c": "x", "d": "true", "e": "1h"}))
+                .unwrap();
         assert_eq!(field_int(&m, "a").unwrap(), Some(3));
         assert_eq!(field_int(&m, "b").unwrap(), Some(4));
         assert!(field_int(&m, "c").is_err());

@@ -40,10 +40,19 @@ fn ok(cmd: &mut Command) -> String {
 
 fn with_stdin(cmd: &mut Command, input: &str) -> (i32, String, String) {
     use std::io::Write;
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     let out = child.wait_with_output().expect("wait");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn json_of(s: &str) -> Value {
@@ -65,7 +74,10 @@ fn bao_cli_kv_v2_flows_against_vaultd() {
     let bao = |t: Option<&str>| bao(a, t, home);
 
     let out = ok(bao(Some("root")).args(["kv", "put", "secret/app", "user=alice", "pass=one"]));
-    assert!(out.contains("= Secret Path =\nsecret/data/app\n") && out.contains("version            1"), "{out}");
+    assert!(
+        out.contains("= Secret Path =\nsecret/data/app\n") && out.contains("version            1"),
+        "{out}"
+    );
     ok(bao(Some("root")).args(["kv", "put", "-mount=secret", "app", "user=alice", "pass=two"]));
     let out = ok(bao(Some("root")).args(["kv", "patch", "secret/app", "extra=x"]));
     assert!(out.contains("version            3"), "patch makes version 3: {out}");
@@ -75,21 +87,45 @@ fn bao_cli_kv_v2_flows_against_vaultd() {
     let out = ok(bao(Some("root")).args(["kv", "get", "-version=1", "-field=pass", "secret/app"]));
     assert_eq!(out.trim(), "one");
     let out = ok(bao(Some("root")).args(["kv", "get", "secret/app"]));
-    assert!(out.contains("======= Metadata =======") && out.contains("== Data ==") && out.contains("extra    x"), "{out}");
+    assert!(
+        out.contains("======= Metadata =======")
+            && out.contains("== Data ==")
+            && out.contains("extra    x"),
+        "{out}"
+    );
 
     // CAS.
-    let (code, _, err) = run_cmd(bao(Some("root")).args(["kv", "put", "-cas=1", "secret/app", "k=v"]));
+    let (code, _, err) =
+        run_cmd(bao(Some("root")).args(["kv", "put", "-cas=1", "secret/app", "k=v"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("check-and-set parameter did not match the current version"), "{err}");
     ok(bao(Some("root")).args(["kv", "put", "-cas=3", "secret/app", "user=bob"]));
 
     // Metadata.
-    ok(bao(Some("root")).args(["kv", "metadata", "put", "-max-versions=3", "-custom-metadata=owner=ops", "secret/app"]));
+    ok(bao(Some("root")).args([
+        "kv",
+        "metadata",
+        "put",
+        "-max-versions=3",
+        "-custom-metadata=owner=ops",
+        "secret/app",
+    ]));
     let out = ok(bao(Some("root")).args(["kv", "metadata", "get", "secret/app"]));
-    assert!(out.contains("Metadata Path ==\nsecret/metadata/app\n") && out.contains("max_versions") && out.contains("map[owner:ops]"), "{out}");
+    assert!(
+        out.contains("Metadata Path ==\nsecret/metadata/app\n")
+            && out.contains("max_versions")
+            && out.contains("map[owner:ops]"),
+        "{out}"
+    );
     assert!(out.contains("====== Version 4 ======"), "{out}");
     ok(bao(Some("root")).args(["kv", "put", "secret/app", "user=carol"]));
-    let v = json_of(&ok(bao(Some("root")).args(["kv", "metadata", "get", "-format=json", "secret/app"])));
+    let v = json_of(&ok(bao(Some("root")).args([
+        "kv",
+        "metadata",
+        "get",
+        "-format=json",
+        "secret/app",
+    ])));
     assert_eq!(v["data"]["current_version"], 5);
     assert_eq!(v["data"]["oldest_version"], 3, "versions past max_versions are pruned: {v}");
     assert!(v["data"]["versions"].get("2").is_none(), "{v}");
@@ -98,18 +134,33 @@ fn bao_cli_kv_v2_flows_against_vaultd() {
     let out = ok(bao(Some("root")).args(["kv", "delete", "secret/app"]));
     assert!(out.contains("Success! Data deleted (if it existed) at: secret/data/app"), "{out}");
     let v = json_of(&ok(bao(Some("root")).args(["kv", "get", "-format=json", "secret/app"])));
-    assert!(v["data"]["data"].is_null() && v["data"]["metadata"]["deletion_time"] != "", "a deleted version shows its metadata: {v}");
+    assert!(
+        v["data"]["data"].is_null() && v["data"]["metadata"]["deletion_time"] != "",
+        "a deleted version shows its metadata: {v}"
+    );
     let out = ok(bao(Some("root")).args(["kv", "undelete", "-versions=5", "secret/app"]));
     assert!(out.contains("Success! Data written to: secret/undelete/app"), "{out}");
-    assert_eq!(ok(bao(Some("root")).args(["kv", "get", "-field=user", "secret/app"])).trim(), "carol");
+    assert_eq!(
+        ok(bao(Some("root")).args(["kv", "get", "-field=user", "secret/app"])).trim(),
+        "carol"
+    );
     ok(bao(Some("root")).args(["kv", "destroy", "-versions=4", "secret/app"]));
-    let v = json_of(&ok(bao(Some("root")).args(["kv", "metadata", "get", "-format=json", "secret/app"])));
+    let v = json_of(&ok(bao(Some("root")).args([
+        "kv",
+        "metadata",
+        "get",
+        "-format=json",
+        "secret/app",
+    ])));
     assert_eq!(v["data"]["versions"]["4"]["destroyed"], true);
 
     // List.
     ok(bao(Some("root")).args(["kv", "put", "secret/dir/one", "a=1"]));
     let out = ok(bao(Some("root")).args(["kv", "list", "secret/"]));
-    assert!(out.starts_with("Keys\n----\n") && out.contains("app") && out.contains("dir/"), "{out}");
+    assert!(
+        out.starts_with("Keys\n----\n") && out.contains("app") && out.contains("dir/"),
+        "{out}"
+    );
     let (code, _, err) = run_cmd(bao(Some("root")).args(["kv", "list", "secret/nothing"]));
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run_cmd(bao(Some("root")).args(["kv", "get", "secret/nothing"]));
@@ -232,15 +283,24 @@ fn vaultd_cli_kv_and_path_commands() {
     let v = || vaultd(a, Some("root"), home);
 
     let out = ok(v().args(["kv", "put", "secret/app", "user=alice", "pass=one"]));
-    assert!(out.contains("= Secret Path =\nsecret/data/app\n") && out.contains("version            1"), "{out}");
+    assert!(
+        out.contains("= Secret Path =\nsecret/data/app\n") && out.contains("version            1"),
+        "{out}"
+    );
     ok(v().args(["kv", "patch", "secret/app", "pass=two"]));
     assert_eq!(ok(v().args(["kv", "get", "-field=pass", "secret/app"])).trim(), "two");
-    assert_eq!(ok(v().args(["kv", "get", "-field=pass", "-version=1", "secret/app"])).trim(), "one");
+    assert_eq!(
+        ok(v().args(["kv", "get", "-field=pass", "-version=1", "secret/app"])).trim(),
+        "one"
+    );
     let j = json_of(&ok(v().args(["kv", "get", "-format=json", "secret/app"])));
     assert_eq!(j["data"]["data"], json!({"user": "alice", "pass": "two"}));
     let (code, _, err) = run_cmd(v().args(["kv", "put", "-cas=0", "secret/app", "x=1"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("Code: 400") && err.contains("check-and-set parameter did not match"), "{err}");
+    assert!(
+        err.contains("Code: 400") && err.contains("check-and-set parameter did not match"),
+        "{err}"
+    );
     let (code, _, err) = run_cmd(v().args(["kv", "get", "-field=nope", "secret/app"]));
     assert_eq!(code, 1, "{err}");
     let (code, _, err) = run_cmd(v().args(["kv", "put", "secret/app"]));
@@ -251,16 +311,32 @@ fn vaultd_cli_kv_and_path_commands() {
     ok(v().args(["kv", "put", "secret/dir/x", "k=v"]));
     let out = ok(v().args(["kv", "list", "secret"]));
     assert_eq!(out, "Keys\n----\napp\ndir/\n");
-    assert_eq!(json_of(&ok(v().args(["kv", "list", "-format=json", "secret/"]))), json!(["app", "dir/"]));
+    assert_eq!(
+        json_of(&ok(v().args(["kv", "list", "-format=json", "secret/"]))),
+        json!(["app", "dir/"])
+    );
     let out = ok(v().args(["kv", "delete", "secret/app"]));
     assert!(out.contains("Success! Data deleted (if it existed) at: secret/data/app"), "{out}");
     ok(v().args(["kv", "undelete", "-versions=2", "secret/app"]));
     let (code, _, err) = run_cmd(v().args(["kv", "undelete", "secret/app"]));
     assert_eq!(code, 1, "-versions is required: {err}");
     ok(v().args(["kv", "destroy", "-versions=1", "secret/app"]));
-    ok(v().args(["kv", "metadata", "put", "-max-versions=4", "-cas-required", "-custom-metadata=team=ops", "secret/app"]));
+    ok(v().args([
+        "kv",
+        "metadata",
+        "put",
+        "-max-versions=4",
+        "-cas-required",
+        "-custom-metadata=team=ops",
+        "secret/app",
+    ]));
     let out = ok(v().args(["kv", "metadata", "get", "secret/app"]));
-    assert!(out.contains("cas_required            true") && out.contains("map[team:ops]") && out.contains("====== Version 1 ======"), "{out}");
+    assert!(
+        out.contains("cas_required            true")
+            && out.contains("map[team:ops]")
+            && out.contains("====== Version 1 ======"),
+        "{out}"
+    );
     let (code, _, err) = run_cmd(v().args(["kv", "put", "secret/app", "x=1"]));
     assert!(code == 2 && err.contains("check-and-set parameter required"), "{err}");
     ok(v().args(["kv", "metadata", "delete", "secret/app"]));
@@ -276,12 +352,16 @@ fn vaultd_cli_kv_and_path_commands() {
     assert!(out.starts_with("Path ") && out.contains("kv1/") && out.contains("kv2/"), "{out}");
     let mounts = json_of(&ok(v().args(["secrets", "list", "-format=json"])));
     assert_eq!(mounts["kv2/"]["options"]["version"], "2");
-    assert_eq!(ok(v().args(["write", "kv1/a", "x=1", "y=2"])).trim(), "Success! Data written to: kv1/a");
+    assert_eq!(
+        ok(v().args(["write", "kv1/a", "x=1", "y=2"])).trim(),
+        "Success! Data written to: kv1/a"
+    );
     let out = ok(v().args(["read", "kv1/a"]));
     assert!(out.contains("x ") && out.contains("y "), "{out}");
     assert_eq!(ok(v().args(["read", "-field=y", "kv1/a"])).trim(), "2");
     assert_eq!(ok(v().args(["list", "kv1/"])), "Keys\n----\na\n");
-    let (code, out, err) = with_stdin(v().args(["write", "kv2/data/j", "-"]), r#"{"data": {"from": "stdin"}}"#);
+    let (code, out, err) =
+        with_stdin(v().args(["write", "kv2/data/j", "-"]), r#"{"data": {"from": "stdin"}}"#);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(ok(v().args(["kv", "get", "-field=from", "kv2/j"])).trim(), "stdin");
     ok(v().args(["delete", "kv1/a"]));
@@ -303,7 +383,10 @@ async fn kv_http_api_matches_vault() {
     let http = reqwest::Client::new();
     let send = |method: &str, path: &str, ct: Option<&str>, body: &str| {
         let mut r = http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}/v1/{path}", node.addr))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/v1/{path}", node.addr),
+            )
             .header("X-Vault-Token", "root")
             .header("X-Vault-Request", "true")
             .body(body.to_string());
@@ -318,20 +401,47 @@ async fn kv_http_api_matches_vault() {
         }
     };
 
-    let (s, _) = api.req("POST", "secret/data/p", Some(json!({"data": {"a": 1, "n": {"x": 1, "y": 2}}}))).await;
+    let (s, _) = api
+        .req("POST", "secret/data/p", Some(json!({"data": {"a": 1, "n": {"x": 1, "y": 2}}})))
+        .await;
     assert_eq!(s, 200);
     // PATCH needs a merge patch.
-    let (s, v) = send("PATCH", "secret/data/p", Some("application/json"), r#"{"data":{"a":2}}"#).await;
+    let (s, v) =
+        send("PATCH", "secret/data/p", Some("application/json"), r#"{"data":{"a":2}}"#).await;
     assert_eq!(s, 415, "{v}");
-    assert_eq!(v["errors"][0], "PATCH requires Content-Type of application/merge-patch+json, provided application/json");
-    let (s, v) = send("PATCH", "secret/data/p", Some("application/merge-patch+json"), r#"{"data":{"a":null,"n":{"y":null,"z":3}}}"#).await;
+    assert_eq!(
+        v["errors"][0],
+        "PATCH requires Content-Type of application/merge-patch+json, provided application/json"
+    );
+    let (s, v) = send(
+        "PATCH",
+        "secret/data/p",
+        Some("application/merge-patch+json"),
+        r#"{"data":{"a":null,"n":{"y":null,"z":3}}}"#,
+    )
+    .await;
     assert_eq!((s, &v["data"]["version"]), (200, &json!(2)), "{v}");
     let (_, v) = api.req("GET", "secret/data/p", None).await;
     assert_eq!(v["data"]["data"], json!({"n": {"x": 1, "z": 3}}));
-    let (s, _) = send("PATCH", "secret/data/missing", Some("application/merge-patch+json"), r#"{"data":{"a":1}}"#).await;
+    let (s, _) = send(
+        "PATCH",
+        "secret/data/missing",
+        Some("application/merge-patch+json"),
+        r#"{"data":{"a":1}}"#,
+    )
+    .await;
     assert_eq!(s, 404);
-    let (s, v) = send("PATCH", "secret/data/p", Some("application/merge-patch+json"), r#"{"data":{"a":1},"options":{"cas":1}}"#).await;
-    assert_eq!((s, v["errors"][0].as_str()), (400, Some("check-and-set parameter did not match the current version")));
+    let (s, v) = send(
+        "PATCH",
+        "secret/data/p",
+        Some("application/merge-patch+json"),
+        r#"{"data":{"a":1},"options":{"cas":1}}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["errors"][0].as_str()),
+        (400, Some("check-and-set parameter did not match the current version"))
+    );
 
     // Subkeys.
     let (s, v) = api.req("GET", "secret/subkeys/p", None).await;
@@ -358,7 +468,8 @@ async fn kv_http_api_matches_vault() {
     assert_eq!(s, 400, "{v}");
 
     // delete_version_after is enforced: a version past it reads as deleted.
-    let (s, _) = api.req("POST", "secret/metadata/short", Some(json!({"delete_version_after": "1s"}))).await;
+    let (s, _) =
+        api.req("POST", "secret/metadata/short", Some(json!({"delete_version_after": "1s"}))).await;
     assert_eq!(s, 204);
     let (_, v) = api.req("POST", "secret/data/short", Some(json!({"data": {"a": 1}}))).await;
     assert_ne!(v["data"]["deletion_time"], "", "{v}");
@@ -370,18 +481,34 @@ async fn kv_http_api_matches_vault() {
     assert_eq!(v["data"]["metadata"]["version"], 1);
     let (s, v) = api.req("GET", "secret/metadata/short", None).await;
     assert_eq!((s, &v["data"]["delete_version_after"]), (200, &json!("1s")));
-    let (s, _) = api.req("POST", "secret/metadata/short", Some(json!({"delete_version_after": "-1s"}))).await;
+    let (s, _) = api
+        .req("POST", "secret/metadata/short", Some(json!({"delete_version_after": "-1s"})))
+        .await;
     assert_eq!(s, 400, "a key's delete_version_after cannot be negative");
 
     // Metadata PATCH merges custom_metadata.
-    let (s, _) = api.req("POST", "secret/metadata/p", Some(json!({"custom_metadata": {"a": "1", "b": "2"}}))).await;
+    let (s, _) = api
+        .req("POST", "secret/metadata/p", Some(json!({"custom_metadata": {"a": "1", "b": "2"}})))
+        .await;
     assert_eq!(s, 204);
-    let (s, _) = send("PATCH", "secret/metadata/p", Some("application/merge-patch+json"), r#"{"custom_metadata":{"a":null,"c":"3"},"max_versions":4}"#).await;
+    let (s, _) = send(
+        "PATCH",
+        "secret/metadata/p",
+        Some("application/merge-patch+json"),
+        r#"{"custom_metadata":{"a":null,"c":"3"},"max_versions":4}"#,
+    )
+    .await;
     assert_eq!(s, 204);
     let (_, v) = api.req("GET", "secret/metadata/p", None).await;
     assert_eq!(v["data"]["custom_metadata"], json!({"b": "2", "c": "3"}));
     assert_eq!(v["data"]["max_versions"], 4);
-    let (s, _) = send("PATCH", "secret/metadata/none", Some("application/merge-patch+json"), r#"{"max_versions":1}"#).await;
+    let (s, _) = send(
+        "PATCH",
+        "secret/metadata/none",
+        Some("application/merge-patch+json"),
+        r#"{"max_versions":1}"#,
+    )
+    .await;
     assert_eq!(s, 404);
 
     // Detailed listing and config.
@@ -389,13 +516,31 @@ async fn kv_http_api_matches_vault() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["keys"], json!(["p", "short"]));
     assert_eq!(v["data"]["key_info"]["p"]["current_version"], 2);
-    let (s, _) = api.req("POST", "secret/config", Some(json!({"max_versions": 3, "cas_required": true, "delete_version_after": "2h"}))).await;
+    let (s, _) = api
+        .req(
+            "POST",
+            "secret/config",
+            Some(json!({"max_versions": 3, "cas_required": true, "delete_version_after": "2h"})),
+        )
+        .await;
     assert_eq!(s, 204);
     let (_, v) = api.req("GET", "secret/config", None).await;
-    assert_eq!(v["data"], json!({"max_versions": 3, "cas_required": true, "delete_version_after": "2h0m0s"}));
+    assert_eq!(
+        v["data"],
+        json!({"max_versions": 3, "cas_required": true, "delete_version_after": "2h0m0s"})
+    );
     let (s, v) = api.req("POST", "secret/data/q", Some(json!({"data": {"a": 1}}))).await;
-    assert_eq!((s, v["errors"][0].as_str()), (400, Some("check-and-set parameter required for this call")));
-    let (s, _) = api.req("POST", "secret/config", Some(json!({"cas_required": false, "delete_version_after": "0s"}))).await;
+    assert_eq!(
+        (s, v["errors"][0].as_str()),
+        (400, Some("check-and-set parameter required for this call"))
+    );
+    let (s, _) = api
+        .req(
+            "POST",
+            "secret/config",
+            Some(json!({"cas_required": false, "delete_version_after": "0s"})),
+        )
+        .await;
     assert_eq!(s, 204);
 
     // Paths.
@@ -409,45 +554,91 @@ async fn kv_http_api_matches_vault() {
     assert_eq!((s, v["errors"][0].as_str()), (400, Some("cannot write to a path ending in '/'")));
     let (s, v) = api.req("GET", "secret/bogus/x", None).await;
     assert_eq!(s, 404);
-    assert!(v["warnings"][0].as_str().unwrap().starts_with("Invalid path for a versioned K/V secrets engine"), "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid path for a versioned K/V secrets engine"),
+        "{v}"
+    );
     let (s, v) = api.req("GET", "secret/data", None).await;
-    assert_eq!((s, v["warnings"][0].as_str()), (404, Some("Non-listing operations on the root of a K/V v2 mount are not supported.")));
+    assert_eq!(
+        (s, v["warnings"][0].as_str()),
+        (404, Some("Non-listing operations on the root of a K/V v2 mount are not supported."))
+    );
     let (s, v) = api.req("GET", "secret/metadata/?list=true", None).await;
     assert_eq!((s, &v["data"]["keys"]), (200, &json!(["p", "short"])));
 
     // Form bodies, as curl -d sends them.
     api.req("POST", "sys/mounts/kv1", Some(json!({"type": "kv"}))).await;
-    let (s, _) = send("POST", "kv1/form", Some("application/x-www-form-urlencoded"), "a=1&b=x%20y&a=2").await;
+    let (s, _) =
+        send("POST", "kv1/form", Some("application/x-www-form-urlencoded"), "a=1&b=x%20y&a=2")
+            .await;
     assert_eq!(s, 204);
     let (_, v) = api.req("GET", "kv1/form", None).await;
     assert_eq!(v["data"], json!({"a": "1,2", "b": "x y"}));
-    let (s, _) = send("POST", "kv1/json", Some("application/x-www-form-urlencoded"), r#"{"n": 1}"#).await;
+    let (s, _) =
+        send("POST", "kv1/json", Some("application/x-www-form-urlencoded"), r#"{"n": 1}"#).await;
     assert_eq!(s, 204);
     let (_, v) = api.req("GET", "kv1/json", None).await;
     assert_eq!(v["data"], json!({"n": 1}), "a JSON body with curl's default content type is JSON");
-    let (s, _) = send("PATCH", "kv1/json", Some("application/merge-patch+json"), r#"{"n": 2}"#).await;
+    let (s, _) =
+        send("PATCH", "kv1/json", Some("application/merge-patch+json"), r#"{"n": 2}"#).await;
     assert_eq!(s, 405, "KV v1 has no PATCH");
 
     // Tune: TTLs, description, and the v1 -> v2 upgrade.
-    let (s, v) = api.req("POST", "sys/mounts/kv1/tune", Some(json!({"default_lease_ttl": "1h", "max_lease_ttl": 7200, "description": "d"}))).await;
+    let (s, v) = api
+        .req(
+            "POST",
+            "sys/mounts/kv1/tune",
+            Some(json!({"default_lease_ttl": "1h", "max_lease_ttl": 7200, "description": "d"})),
+        )
+        .await;
     assert_eq!(s, 204, "{v}");
     let (_, v) = api.req("GET", "sys/mounts/kv1/tune", None).await;
-    assert_eq!((&v["data"]["default_lease_ttl"], &v["data"]["max_lease_ttl"], &v["data"]["description"]), (&json!(3600), &json!(7200), &json!("d")));
+    assert_eq!(
+        (&v["data"]["default_lease_ttl"], &v["data"]["max_lease_ttl"], &v["data"]["description"]),
+        (&json!(3600), &json!(7200), &json!("d"))
+    );
     assert_eq!(v["default_lease_ttl"], 3600, "tune answers are copied to the top level too");
     let (s, v) = api.req("POST", "sys/mounts/kv1/tune", Some(json!({"max_lease_ttl": "1m"}))).await;
-    assert_eq!((s, v["errors"][0].as_str()), (400, Some("backend max lease TTL of 60 would be less than backend default lease TTL of 3600")));
-    let (s, v) = api.req("POST", "sys/mounts/kv1/tune", Some(json!({"default_lease_ttl": "bogus"}))).await;
+    assert_eq!(
+        (s, v["errors"][0].as_str()),
+        (
+            400,
+            Some(
+                "backend max lease TTL of 60 would be less than backend default lease TTL of 3600"
+            )
+        )
+    );
+    let (s, v) =
+        api.req("POST", "sys/mounts/kv1/tune", Some(json!({"default_lease_ttl": "bogus"}))).await;
     assert_eq!(s, 400, "{v}");
     let (s, v) = api.req("POST", "sys/mounts/nope/tune", Some(json!({"description": "x"}))).await;
-    assert_eq!((s, v["errors"][0].as_str()), (400, Some("tune of path \"nope/\" failed: no mount entry found")));
-    let (s, v) = api.req("POST", "sys/mounts/kv1/tune", Some(json!({"options": {"version": "2"}}))).await;
+    assert_eq!(
+        (s, v["errors"][0].as_str()),
+        (400, Some("tune of path \"nope/\" failed: no mount entry found"))
+    );
+    let (s, v) =
+        api.req("POST", "sys/mounts/kv1/tune", Some(json!({"options": {"version": "2"}}))).await;
     assert_eq!(s, 200, "{v}");
-    assert!(v["warnings"][0].as_str().unwrap().starts_with("Upgrading mount from version 1 to version 2"), "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Upgrading mount from version 1 to version 2"),
+        "{v}"
+    );
     let (s, v) = api.req("GET", "kv1/data/form", None).await;
-    assert_eq!((s, &v["data"]["data"]), (200, &json!({"a": "1,2", "b": "x y"})), "upgraded secrets read as v2: {v}");
+    assert_eq!(
+        (s, &v["data"]["data"]),
+        (200, &json!({"a": "1,2", "b": "x y"})),
+        "upgraded secrets read as v2: {v}"
+    );
     let (_, v) = api.req("LIST", "kv1/metadata/", None).await;
     assert_eq!(v["data"]["keys"], json!(["form", "json"]));
-    let (s, v) = api.req("POST", "sys/mounts/kv1/tune", Some(json!({"options": {"version": "1"}}))).await;
+    let (s, v) =
+        api.req("POST", "sys/mounts/kv1/tune", Some(json!({"options": {"version": "1"}}))).await;
     assert_eq!((s, v["errors"][0].as_str()), (400, Some("cannot downgrade mount from version 2")));
     let (_, v) = api.req("GET", "sys/mounts", None).await;
     assert_eq!(v["data"]["kv1/"]["options"]["version"], "2");
@@ -481,7 +672,8 @@ fn bao_cli_tokens_policies_userpass_transit() {
     let bao = |t: Option<&str>| bao(a, t, home);
 
     // Policies.
-    let (code, out, err) = with_stdin(bao(Some("root")).args(["policy", "write", "ro", "-"]), READ_ONLY_POLICY);
+    let (code, out, err) =
+        with_stdin(bao(Some("root")).args(["policy", "write", "ro", "-"]), READ_ONLY_POLICY);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Success! Uploaded policy: ro"), "{out}");
     let out = ok(bao(Some("root")).args(["policy", "read", "ro"]));
@@ -490,7 +682,13 @@ fn bao_cli_tokens_policies_userpass_transit() {
     assert!(out.lines().any(|l| l == "ro") && out.lines().any(|l| l == "root"), "{out}");
 
     // Tokens.
-    let created = json_of(&ok(bao(Some("root")).args(["token", "create", "-policy=ro", "-ttl=1h", "-format=json"])));
+    let created = json_of(&ok(bao(Some("root")).args([
+        "token",
+        "create",
+        "-policy=ro",
+        "-ttl=1h",
+        "-format=json",
+    ])));
     let ro = created["auth"]["client_token"].as_str().unwrap().to_string();
     assert!(created["auth"]["policies"].as_array().unwrap().contains(&json!("ro")), "{created}");
     let out = ok(bao(Some("root")).args(["token", "lookup", &ro]));
@@ -513,20 +711,43 @@ fn bao_cli_tokens_policies_userpass_transit() {
     // Userpass login stores the token for later commands.
     let out = ok(bao(Some("root")).args(["auth", "enable", "userpass"]));
     assert!(out.contains("Success! Enabled userpass auth method at: userpass/"), "{out}");
-    ok(bao(Some("root")).args(["write", "auth/userpass/users/alice", "password=pw", "policies=ro"]));
+    ok(bao(Some("root")).args([
+        "write",
+        "auth/userpass/users/alice",
+        "password=pw",
+        "policies=ro",
+    ]));
     let out = ok(bao(None).args(["login", "-method=userpass", "username=alice", "password=pw"]));
-    assert!(out.contains("Success! You are now authenticated") && out.contains("token_policies"), "{out}");
-    assert_eq!(ok(bao(None).args(["kv", "get", "-field=k", "secret/app"])).trim(), "v", "the stored token is used");
-    let (code, _, _) = run_cmd(bao(None).args(["login", "-method=userpass", "username=alice", "password=wrong"]));
+    assert!(
+        out.contains("Success! You are now authenticated") && out.contains("token_policies"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(bao(None).args(["kv", "get", "-field=k", "secret/app"])).trim(),
+        "v",
+        "the stored token is used"
+    );
+    let (code, _, _) =
+        run_cmd(bao(None).args(["login", "-method=userpass", "username=alice", "password=wrong"]));
     assert_eq!(code, 2);
 
     // Transit.
     ok(bao(Some("root")).args(["secrets", "enable", "transit"]));
     ok(bao(Some("root")).args(["write", "-f", "transit/keys/k1"]));
     let pt = "aGVsbG8gd29ybGQ="; // "hello world"
-    let ct = ok(bao(Some("root")).args(["write", "-field=ciphertext", "transit/encrypt/k1", &format!("plaintext={pt}")]));
+    let ct = ok(bao(Some("root")).args([
+        "write",
+        "-field=ciphertext",
+        "transit/encrypt/k1",
+        &format!("plaintext={pt}"),
+    ]));
     assert!(ct.starts_with("vault:v1:"), "{ct}");
-    let back = ok(bao(Some("root")).args(["write", "-field=plaintext", "transit/decrypt/k1", &format!("ciphertext={}", ct.trim())]));
+    let back = ok(bao(Some("root")).args([
+        "write",
+        "-field=plaintext",
+        "transit/decrypt/k1",
+        &format!("ciphertext={}", ct.trim()),
+    ]));
     assert_eq!(back.trim(), pt);
 }
 
@@ -568,7 +789,8 @@ assert ct.startswith("vault:v1:"), ct
 assert c.secrets.transit.decrypt_data(name="k1", ciphertext=ct)["data"]["plaintext"] == pt
 print("hvac-auth-ok")
 "#;
-    let (code, out, err) = run_cmd(Command::new(venv_python()).args(["-c", script, &node.addr, READ_ONLY_POLICY]));
+    let (code, out, err) =
+        run_cmd(Command::new(venv_python()).args(["-c", script, &node.addr, READ_ONLY_POLICY]));
     assert_eq!(code, 0, "hvac: {out}{err}");
     assert!(out.contains("hvac-auth-ok"));
 }
@@ -580,7 +802,8 @@ fn vaultd_cli_tokens_policies_userpass_login() {
     let (a, home) = (node.addr.as_str(), tmp.path());
     let v = |t: Option<&str>| vaultd(a, t, home);
 
-    let (code, out, err) = with_stdin(v(Some("root")).args(["policy", "write", "ro", "-"]), READ_ONLY_POLICY);
+    let (code, out, err) =
+        with_stdin(v(Some("root")).args(["policy", "write", "ro", "-"]), READ_ONLY_POLICY);
     assert_eq!((code, out.trim()), (0, "Success! Uploaded policy: ro"), "{err}");
     assert!(ok(v(Some("root")).args(["policy", "read", "ro"])).contains("secret/data/*"));
     assert!(ok(v(Some("root")).args(["policy", "list"])).lines().any(|l| l == "ro"));
@@ -596,21 +819,30 @@ fn vaultd_cli_tokens_policies_userpass_login() {
     assert!(code == 2 && err.contains("permission denied"), "{err}");
     assert!(ok(v(Some("root")).args(["token", "revoke", &ro])).contains("Success! Revoked token"));
 
-    assert!(ok(v(Some("root")).args(["auth", "enable", "userpass"])).contains("Enabled userpass auth method at: userpass/"));
+    assert!(ok(v(Some("root")).args(["auth", "enable", "userpass"]))
+        .contains("Enabled userpass auth method at: userpass/"));
     assert!(ok(v(Some("root")).args(["auth", "list"])).contains("userpass/"));
     ok(v(Some("root")).args(["write", "auth/userpass/users/alice", "password=pw", "policies=ro"]));
     let out = ok(v(None).args(["login", "-method=userpass", "username=alice", "password=pw"]));
-    assert!(out.contains("Success! You are now authenticated") && out.contains("token_meta_username"), "{out}");
+    assert!(
+        out.contains("Success! You are now authenticated") && out.contains("token_meta_username"),
+        "{out}"
+    );
     let stored = std::fs::read_to_string(home.join(".vault-token")).unwrap();
     assert!(!stored.trim().is_empty());
-    assert_eq!(ok(v(None).args(["kv", "get", "-field=k", "secret/app"])).trim(), "v", "the stored token is used");
+    assert_eq!(
+        ok(v(None).args(["kv", "get", "-field=k", "secret/app"])).trim(),
+        "v",
+        "the stored token is used"
+    );
     // VAULT_TOKEN wins over the stored token.
     let (code, _, _) = run_cmd(v(Some("hvs.bogus")).args(["kv", "get", "secret/app"]));
     assert_eq!(code, 2);
     let out = ok(v(None).args(["login", "root"]));
     assert!(out.contains("token_policies       [\"root\"]"), "{out}");
     assert_eq!(std::fs::read_to_string(home.join(".vault-token")).unwrap(), "root");
-    let (code, _, _) = run_cmd(v(None).args(["login", "-method=userpass", "username=alice", "password=no"]));
+    let (code, _, _) =
+        run_cmd(v(None).args(["login", "-method=userpass", "username=alice", "password=no"]));
     assert_eq!(code, 2);
 }
 
@@ -620,10 +852,12 @@ async fn read_only_policy_distinguishes_create_from_update() {
     let node = Node::dev(tmp.path());
     let root = node.client().with_token("root");
     let policy = "path \"secret/data/*\" { capabilities = [\"create\", \"read\"] }\npath \"kv1/*\" { capabilities = [\"create\", \"read\"] }\n";
-    let (s, v) = root.req("PUT", "sys/policies/acl/create-only", Some(json!({"policy": policy}))).await;
+    let (s, v) =
+        root.req("PUT", "sys/policies/acl/create-only", Some(json!({"policy": policy}))).await;
     assert_eq!(s, 204, "{v}");
     root.req("POST", "sys/mounts/kv1", Some(json!({"type": "kv"}))).await;
-    let (_, v) = root.req("POST", "auth/token/create", Some(json!({"policies": ["create-only"]}))).await;
+    let (_, v) =
+        root.req("POST", "auth/token/create", Some(json!({"policies": ["create-only"]}))).await;
     let t = v["auth"]["client_token"].as_str().unwrap_or_else(|| panic!("{v}")).to_string();
     let user = Api::new(&node.addr).with_token(&t);
     // Creating a new secret needs `create`; overwriting it needs `update`.

@@ -63,7 +63,9 @@ pub async fn write(a: PathArgs) -> i32 {
     let c = try_code!(client_or_exit());
     match c.call("PUT", &a.path, Some(&Value::Object(data))).await {
         Err(e) => api_failure(&format!("writing data to {}", a.path), &e),
-        Ok(v) if has_content(&v) => output::output_secret(&v, &a.out.format, a.out.field.as_deref()),
+        Ok(v) if has_content(&v) => {
+            output::output_secret(&v, &a.out.format, a.out.field.as_deref())
+        }
         Ok(v) => {
             println!("Success! Data written to: {}", a.path);
             output::print_warnings(&v);
@@ -94,7 +96,9 @@ pub async fn list(a: PathArgs) -> i32 {
     let c = try_code!(client_or_exit());
     match c.read("LIST", &a.path, None).await {
         Err(e) => api_failure(&format!("listing {}", a.path), &e),
-        Ok(Some(v)) if v.pointer("/data/keys").is_some() => super::kv::print_keys(&v, &a.out.format),
+        Ok(Some(v)) if v.pointer("/data/keys").is_some() => {
+            super::kv::print_keys(&v, &a.out.format)
+        }
         Ok(v) => {
             if let Some(v) = v {
                 output::print_warnings(&v);
@@ -141,11 +145,23 @@ pub async fn token(cmd: TokenCommand) -> i32 {
             let c = try_code!(client_or_exit());
             let mut body = Map::new();
             // `-policy=a,b` and repeated `-policy` both work, as in Vault.
-            let policies: Vec<String> = policies.iter().flat_map(|p| p.split(',')).map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+            let policies: Vec<String> = policies
+                .iter()
+                .flat_map(|p| p.split(','))
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
             if !policies.is_empty() {
                 body.insert("policies".into(), json!(policies));
             }
-            for (k, v) in [("ttl", ttl), ("explicit_max_ttl", explicit_max_ttl), ("period", period), ("display_name", display_name), ("type", kind), ("id", id)] {
+            for (k, v) in [
+                ("ttl", ttl),
+                ("explicit_max_ttl", explicit_max_ttl),
+                ("period", period),
+                ("display_name", display_name),
+                ("type", kind),
+                ("id", id),
+            ] {
                 if let Some(v) = v {
                     body.insert(k.into(), Value::String(v));
                 }
@@ -181,8 +197,13 @@ pub async fn token(cmd: TokenCommand) -> i32 {
                     return USAGE;
                 }
                 (None, false) => c.call("GET", "auth/token/lookup-self", None).await,
-                (Some(a), true) => c.call("POST", "auth/token/lookup-accessor", Some(&json!({ "accessor": a }))).await,
-                (Some(t), false) => c.call("POST", "auth/token/lookup", Some(&json!({ "token": t }))).await,
+                (Some(a), true) => {
+                    c.call("POST", "auth/token/lookup-accessor", Some(&json!({ "accessor": a })))
+                        .await
+                }
+                (Some(t), false) => {
+                    c.call("POST", "auth/token/lookup", Some(&json!({ "token": t }))).await
+                }
             };
             match result {
                 Err(e) => api_failure("looking up token", &e),
@@ -193,8 +214,13 @@ pub async fn token(cmd: TokenCommand) -> i32 {
             let c = try_code!(client_or_exit());
             let result = match (token, accessor, self_) {
                 (_, _, true) => c.call("POST", "auth/token/revoke-self", None).await,
-                (Some(a), true, false) => c.call("POST", "auth/token/revoke-accessor", Some(&json!({ "accessor": a }))).await,
-                (Some(t), false, false) => c.call("POST", "auth/token/revoke", Some(&json!({ "token": t }))).await,
+                (Some(a), true, false) => {
+                    c.call("POST", "auth/token/revoke-accessor", Some(&json!({ "accessor": a })))
+                        .await
+                }
+                (Some(t), false, false) => {
+                    c.call("POST", "auth/token/revoke", Some(&json!({ "token": t }))).await
+                }
                 (None, _, false) => {
                     eprintln!("Not enough arguments (expected 1, got 0)");
                     return USAGE;
@@ -232,7 +258,10 @@ pub async fn policy(cmd: PolicyCommand) -> i32 {
             };
             let c = try_code!(client_or_exit());
             let name = name.trim().to_lowercase();
-            match c.call("PUT", &format!("sys/policies/acl/{name}"), Some(&json!({ "policy": text }))).await {
+            match c
+                .call("PUT", &format!("sys/policies/acl/{name}"), Some(&json!({ "policy": text })))
+                .await
+            {
                 Err(e) => api_failure("uploading policy", &e),
                 Ok(_) => {
                     println!("Success! Uploaded policy: {name}");
@@ -250,7 +279,9 @@ pub async fn policy(cmd: PolicyCommand) -> i32 {
                     eprintln!("No policy named: {name}");
                     API
                 }
-                Ok(Some(v)) if out.format == "json" || out.field.is_some() => output::output_secret(&v, &out.format, out.field.as_deref()),
+                Ok(Some(v)) if out.format == "json" || out.field.is_some() => {
+                    output::output_secret(&v, &out.format, out.field.as_deref())
+                }
                 Ok(Some(v)) => {
                     let text = v.pointer("/data/policy").and_then(Value::as_str).unwrap_or("");
                     println!("{}", text.trim_end());
@@ -264,7 +295,12 @@ pub async fn policy(cmd: PolicyCommand) -> i32 {
             match c.read("LIST", "sys/policies/acl", None).await {
                 Err(e) => api_failure("listing policies", &e),
                 Ok(v) => {
-                    let keys = v.as_ref().and_then(|v| v.pointer("/data/keys")).and_then(Value::as_array).cloned().unwrap_or_default();
+                    let keys = v
+                        .as_ref()
+                        .and_then(|v| v.pointer("/data/keys"))
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     if out.format == "json" {
                         output::print_json(&Value::Array(keys));
                     } else {
@@ -314,7 +350,11 @@ pub async fn login(a: LoginArgs) -> i32 {
                 eprintln!("Error authenticating: no token provided");
                 return USAGE;
             }
-            let lookup = match c.with_token(Some(token.clone())).call("GET", "auth/token/lookup-self", None).await {
+            let lookup = match c
+                .with_token(Some(token.clone()))
+                .call("GET", "auth/token/lookup-self", None)
+                .await
+            {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("Error authenticating: error looking up token: {e}");
@@ -358,7 +398,10 @@ pub async fn login(a: LoginArgs) -> i32 {
                     eprintln!("Error reading password");
                     return USAGE;
                 }
-                data.insert("password".into(), Value::String(line.trim_end_matches(['\r', '\n']).to_string()));
+                data.insert(
+                    "password".into(),
+                    Value::String(line.trim_end_matches(['\r', '\n']).to_string()),
+                );
             }
             let mount = a.path.clone().unwrap_or_else(|| a.method.clone());
             let path = format!("auth/{}/login/{user}", mount.trim_matches('/'));
@@ -372,7 +415,8 @@ pub async fn login(a: LoginArgs) -> i32 {
             return USAGE;
         }
     };
-    let token = resp.pointer("/auth/client_token").and_then(Value::as_str).unwrap_or("").to_string();
+    let token =
+        resp.pointer("/auth/client_token").and_then(Value::as_str).unwrap_or("").to_string();
     if token.is_empty() {
         eprintln!("Error authenticating: the server returned no token");
         return API;
@@ -418,7 +462,8 @@ fn store_token(token: &str) -> bool {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let result = opts.open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()));
+    let result =
+        opts.open(&path).and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()));
     if let Err(e) = result {
         eprintln!("Error storing token in {}: {e}", path.display());
         return false;
@@ -433,7 +478,10 @@ fn print_mounts(resp: &Value, with_version: bool) {
     if with_version {
         header.push("Version");
     }
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect(), header.iter().map(|s| "-".repeat(s.len())).collect()];
+    let mut rows: Vec<Vec<String>> = vec![
+        header.iter().map(|s| s.to_string()).collect(),
+        header.iter().map(|s| "-".repeat(s.len())).collect(),
+    ];
     for (path, m) in &data {
         let s = |k: &str| output::cell(m.get(k).unwrap_or(&Value::String(String::new())));
         let mut row = vec![path.clone(), s("type"), s("accessor"), s("description")];
@@ -459,7 +507,14 @@ fn ttl_config(default: Option<String>, max: Option<String>) -> Map<String, Value
 pub async fn secrets(cmd: SecretsCommand) -> i32 {
     let c = try_code!(client_or_exit());
     match cmd {
-        SecretsCommand::Enable { path, version, description, default_lease_ttl, max_lease_ttl, kind } => {
+        SecretsCommand::Enable {
+            path,
+            version,
+            description,
+            default_lease_ttl,
+            max_lease_ttl,
+            kind,
+        } => {
             let path = format!("{}/", path.unwrap_or_else(|| kind.clone()).trim_matches('/'));
             let mut body = json!({ "type": kind, "description": description.unwrap_or_default() });
             let api = format!("sys/mounts/{}", path.trim_end_matches('/'));
@@ -480,7 +535,10 @@ pub async fn secrets(cmd: SecretsCommand) -> i32 {
         }
         SecretsCommand::Disable { path } => {
             let path = format!("{}/", path.trim_matches('/'));
-            match c.call("DELETE", &format!("sys/mounts/{}", path.trim_end_matches('/')), None).await {
+            match c
+                .call("DELETE", &format!("sys/mounts/{}", path.trim_end_matches('/')), None)
+                .await
+            {
                 Err(e) => api_failure(&format!("disabling secrets engine at {path}"), &e),
                 Ok(_) => {
                     println!("Success! Disabled the secrets engine (if it existed) at: {path}");
@@ -511,7 +569,10 @@ pub async fn auth(cmd: AuthCommand) -> i32 {
         AuthCommand::Enable { path, description, kind } => {
             let path = format!("{}/", path.unwrap_or_else(|| kind.clone()).trim_matches('/'));
             let body = json!({ "type": kind, "description": description.unwrap_or_default() });
-            match c.call("POST", &format!("sys/auth/{}", path.trim_end_matches('/')), Some(&body)).await {
+            match c
+                .call("POST", &format!("sys/auth/{}", path.trim_end_matches('/')), Some(&body))
+                .await
+            {
                 Err(e) => api_failure("enabling", &e),
                 Ok(_) => {
                     println!("Success! Enabled {kind} auth method at: {path}");
@@ -521,7 +582,8 @@ pub async fn auth(cmd: AuthCommand) -> i32 {
         }
         AuthCommand::Disable { path } => {
             let path = format!("{}/", path.trim_matches('/'));
-            match c.call("DELETE", &format!("sys/auth/{}", path.trim_end_matches('/')), None).await {
+            match c.call("DELETE", &format!("sys/auth/{}", path.trim_end_matches('/')), None).await
+            {
                 Err(e) => api_failure(&format!("disabling auth method at {path}"), &e),
                 Ok(_) => {
                     println!("Success! Disabled the auth method (if it existed) at: {path}");

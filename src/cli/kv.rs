@@ -4,7 +4,9 @@
 use serde_json::{json, Map, Value};
 
 use super::client::Client;
-use super::output::{self, api_failure, check_format, header_for_map, pad_equal_signs, print_table, API, OK, USAGE};
+use super::output::{
+    self, api_failure, check_format, header_for_map, pad_equal_signs, print_table, API, OK, USAGE,
+};
 use super::{KvCommand, KvMetadataCommand, OutArgs};
 
 /// Where a KV path lives: the mount (with its slash, empty when unknown), the path inside it,
@@ -43,7 +45,11 @@ async fn preflight(c: &Client, mount: Option<&str>, path: &str) -> Result<KvPath
                 _ => 1,
             };
             // `secret` names the mount `secret/` itself.
-            let rest = if format!("{full}/") == mount_path { String::new() } else { full.strip_prefix(&mount_path).unwrap_or(&full).to_string() };
+            let rest = if format!("{full}/") == mount_path {
+                String::new()
+            } else {
+                full.strip_prefix(&mount_path).unwrap_or(&full).to_string()
+            };
             Ok(KvPath { mount: mount_path, rest, version })
         }
         Ok(None) => Ok(KvPath { mount: String::new(), rest: full, version: 1 }),
@@ -56,18 +62,29 @@ async fn preflight(c: &Client, mount: Option<&str>, path: &str) -> Result<KvPath
 
 fn parse_versions(v: Option<&str>) -> Result<Vec<u64>, String> {
     let Some(v) = v else { return Ok(Vec::new()) };
-    v.split(',').filter(|p| !p.trim().is_empty()).map(|p| p.trim().parse::<u64>().map_err(|_| format!("invalid version {p:?}"))).collect()
+    v.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<u64>().map_err(|_| format!("invalid version {p:?}")))
+        .collect()
 }
 
 pub async fn run(cmd: KvCommand) -> i32 {
     match cmd {
-        KvCommand::Put { mount, cas, path, pairs, out } => put_or_patch(false, mount, cas, path, pairs, out).await,
-        KvCommand::Patch { mount, cas, path, pairs, out } => put_or_patch(true, mount, cas, path, pairs, out).await,
+        KvCommand::Put { mount, cas, path, pairs, out } => {
+            put_or_patch(false, mount, cas, path, pairs, out).await
+        }
+        KvCommand::Patch { mount, cas, path, pairs, out } => {
+            put_or_patch(true, mount, cas, path, pairs, out).await
+        }
         KvCommand::Get { mount, version, path, out } => get(mount, version, path, out).await,
         KvCommand::List { mount, path, out } => list(mount, path, out).await,
         KvCommand::Delete { mount, versions, path } => delete(mount, versions, path).await,
-        KvCommand::Undelete { mount, versions, path } => version_op("undelete", mount, versions, path).await,
-        KvCommand::Destroy { mount, versions, path } => version_op("destroy", mount, versions, path).await,
+        KvCommand::Undelete { mount, versions, path } => {
+            version_op("undelete", mount, versions, path).await
+        }
+        KvCommand::Destroy { mount, versions, path } => {
+            version_op("destroy", mount, versions, path).await
+        }
         KvCommand::Metadata(m) => metadata(m).await,
     }
 }
@@ -85,7 +102,14 @@ fn print_written(api_path: &str, resp: &Value, out: &OutArgs) -> i32 {
     OK
 }
 
-async fn put_or_patch(patch: bool, mount: Option<String>, cas: Option<i64>, path: String, pairs: Vec<String>, out: OutArgs) -> i32 {
+async fn put_or_patch(
+    patch: bool,
+    mount: Option<String>,
+    cas: Option<i64>,
+    path: String,
+    pairs: Vec<String>,
+    out: OutArgs,
+) -> i32 {
     if let Err(code) = check_format(&out.format) {
         return code;
     }
@@ -129,7 +153,9 @@ async fn put_or_patch(patch: bool, mount: Option<String>, cas: Option<i64>, path
             API
         }
         Ok(Some(v)) if kp.version == 2 => print_written(&api_path, &v, &out),
-        Ok(Some(v)) if v.get("data").is_some_and(|d| !d.is_null()) => output::output_secret(&v, &out.format, out.field.as_deref()),
+        Ok(Some(v)) if v.get("data").is_some_and(|d| !d.is_null()) => {
+            output::output_secret(&v, &out.format, out.field.as_deref())
+        }
         Ok(Some(_)) => {
             println!("Success! Data written to: {api_path}");
             OK
@@ -162,7 +188,11 @@ async fn get(mount: Option<String>, version: Option<u64>, path: String, out: Out
         }
         Ok(Some(v)) => v,
     };
-    let data = if kp.version == 2 { resp.pointer("/data/data").cloned() } else { resp.get("data").cloned() };
+    let data = if kp.version == 2 {
+        resp.pointer("/data/data").cloned()
+    } else {
+        resp.get("data").cloned()
+    };
     if let Some(f) = out.field.as_deref() {
         return match data.as_ref().and_then(|d| d.get(f)) {
             Some(v) => {
@@ -190,10 +220,13 @@ async fn get(mount: Option<String>, version: Option<u64>, path: String, out: Out
     }
     {
         println!("{}\n{api_path}\n", pad_equal_signs("Secret Path", api_path.len()));
-        let meta = resp.pointer("/data/metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        let meta =
+            resp.pointer("/data/metadata").and_then(Value::as_object).cloned().unwrap_or_default();
         if !meta.is_empty() {
             println!("{}", header_for_map("Metadata", &meta));
-            print_table(&meta.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>());
+            print_table(
+                &meta.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>(),
+            );
         }
         println!();
         if let Some(d) = data.as_ref().and_then(Value::as_object) {
@@ -272,11 +305,18 @@ async fn delete(mount: Option<String>, versions: Option<String>, path: String) -
 }
 
 /// `undelete` and `destroy`: KV v2 only, and `-versions` is required.
-async fn version_op(op: &str, mount: Option<String>, versions: Option<String>, path: String) -> i32 {
+async fn version_op(
+    op: &str,
+    mount: Option<String>,
+    versions: Option<String>,
+    path: String,
+) -> i32 {
     let versions = match parse_versions(versions.as_deref()) {
         Ok(v) if !v.is_empty() => v,
         Ok(_) => {
-            eprintln!("No versions provided, use the \"-versions\" flag to specify the version to {op}.");
+            eprintln!(
+                "No versions provided, use the \"-versions\" flag to specify the version to {op}."
+            );
             return USAGE;
         }
         Err(e) => {
@@ -312,9 +352,9 @@ async fn metadata(cmd: KvMetadataCommand) -> i32 {
         Err(code) => return code,
     };
     let (mount, path) = match &cmd {
-        KvMetadataCommand::Get { mount, path, .. } | KvMetadataCommand::Put { mount, path, .. } | KvMetadataCommand::Delete { mount, path } => {
-            (mount.clone(), path.clone())
-        }
+        KvMetadataCommand::Get { mount, path, .. }
+        | KvMetadataCommand::Put { mount, path, .. }
+        | KvMetadataCommand::Delete { mount, path } => (mount.clone(), path.clone()),
     };
     let kp = match preflight(&c, mount.as_deref(), &path).await {
         Ok(kp) => kp,
@@ -342,20 +382,32 @@ async fn metadata(cmd: KvMetadataCommand) -> i32 {
                 return output::output_secret(&resp, &out.format, out.field.as_deref());
             }
             let mut meta = resp.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
-            let versions = meta.remove("versions").and_then(|v| v.as_object().cloned()).unwrap_or_default();
+            let versions =
+                meta.remove("versions").and_then(|v| v.as_object().cloned()).unwrap_or_default();
             println!("{}\n{api_path}\n", pad_equal_signs("Metadata Path", api_path.len()));
             println!("{}", header_for_map("Metadata", &meta));
-            print_table(&meta.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>());
-            let mut numbered: Vec<(u64, &Value)> = versions.iter().filter_map(|(k, v)| k.parse().ok().map(|n| (n, v))).collect();
+            print_table(
+                &meta.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>(),
+            );
+            let mut numbered: Vec<(u64, &Value)> =
+                versions.iter().filter_map(|(k, v)| k.parse().ok().map(|n| (n, v))).collect();
             numbered.sort_by_key(|(n, _)| *n);
             for (n, v) in numbered {
                 let m = v.as_object().cloned().unwrap_or_default();
                 println!("\n{}", header_for_map(&format!("Version {n}"), &m));
-                print_table(&m.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>());
+                print_table(
+                    &m.iter().map(|(k, v)| (k.clone(), output::cell(v))).collect::<Vec<_>>(),
+                );
             }
             OK
         }
-        KvMetadataCommand::Put { max_versions, cas_required, delete_version_after, custom_metadata, .. } => {
+        KvMetadataCommand::Put {
+            max_versions,
+            cas_required,
+            delete_version_after,
+            custom_metadata,
+            ..
+        } => {
             let mut body = Map::new();
             if let Some(m) = max_versions {
                 body.insert("max_versions".into(), json!(m));

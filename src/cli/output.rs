@@ -39,7 +39,10 @@ pub fn go_fmt(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Array(a) => format!("[{}]", a.iter().map(go_fmt).collect::<Vec<_>>().join(" ")),
-        Value::Object(m) => format!("map[{}]", m.iter().map(|(k, v)| format!("{k}:{}", go_fmt(v))).collect::<Vec<_>>().join(" ")),
+        Value::Object(m) => format!(
+            "map[{}]",
+            m.iter().map(|(k, v)| format!("{k}:{}", go_fmt(v))).collect::<Vec<_>>().join(" ")
+        ),
     }
 }
 
@@ -69,7 +72,9 @@ pub fn human_duration(secs: i64) -> String {
 /// Columns separated by four spaces, each padded to its widest cell (the last is not padded).
 pub fn print_columns(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
@@ -90,7 +95,10 @@ pub fn print_columns(rows: &[Vec<String>]) {
 
 /// The `Key / Value` table.
 pub fn print_table(rows: &[(String, String)]) {
-    let mut all = vec![vec!["Key".to_string(), "Value".to_string()], vec!["---".to_string(), "-----".to_string()]];
+    let mut all = vec![
+        vec!["Key".to_string(), "Value".to_string()],
+        vec!["---".to_string(), "-----".to_string()],
+    ];
     all.extend(rows.iter().map(|(k, v)| vec![k.clone(), v.clone()]));
     print_columns(&all);
 }
@@ -129,7 +137,9 @@ pub fn ordered_json(pairs: &[(&str, Member)], indent: usize) -> String {
     let mut out = String::from("{\n");
     for (i, (k, m)) in pairs.iter().enumerate() {
         let body = match m {
-            Member::V(v) => serde_json::to_string_pretty(v).unwrap_or_default().replace('\n', &format!("\n{pad}")),
+            Member::V(v) => serde_json::to_string_pretty(v)
+                .unwrap_or_default()
+                .replace('\n', &format!("\n{pad}")),
             Member::Raw(r) => r.clone(),
         };
         out.push_str(&format!("{pad}\"{k}\": {body}"));
@@ -185,7 +195,11 @@ fn is_ttl_key(k: &str) -> bool {
 fn auth_rows(auth: &Value) -> Vec<(String, String)> {
     let s = |k: &str| auth.get(k).map(go_fmt).unwrap_or_default();
     let q = |k: &str| {
-        let items: Vec<String> = auth.get(k).and_then(Value::as_array).map(|a| a.iter().map(go_fmt).collect()).unwrap_or_default();
+        let items: Vec<String> = auth
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(go_fmt).collect())
+            .unwrap_or_default();
         format!("[{}]", items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(" "))
     };
     let lease = auth.get("lease_duration").and_then(Value::as_i64).unwrap_or(0);
@@ -218,7 +232,10 @@ pub fn secret_rows(resp: &Value) -> Vec<(String, String)> {
         } else {
             rows.push(("lease_id".to_string(), id.to_string()));
             rows.push(("lease_duration".into(), human_duration(lease)));
-            rows.push(("lease_renewable".into(), resp.get("renewable").map(go_fmt).unwrap_or_default()));
+            rows.push((
+                "lease_renewable".into(),
+                resp.get("renewable").map(go_fmt).unwrap_or_default(),
+            ));
         }
     }
     if let Some(data) = resp.get("data").and_then(Value::as_object) {
@@ -237,7 +254,9 @@ pub fn secret_rows(resp: &Value) -> Vec<(String, String)> {
 }
 
 pub fn print_warnings(resp: &Value) {
-    let Some(w) = resp.get("warnings").and_then(Value::as_array).filter(|w| !w.is_empty()) else { return };
+    let Some(w) = resp.get("warnings").and_then(Value::as_array).filter(|w| !w.is_empty()) else {
+        return;
+    };
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "WARNING! The following warnings were returned from Vault:\n");
     for item in w {
@@ -270,7 +289,11 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 /// Prints one raw value for `-field`: strings as they are, anything else as `%v` (or JSON with
 /// `-format=json`). Vault adds a newline only on a terminal, so scripts get the exact bytes.
 pub fn print_field(v: &Value, format: &str) {
-    let text = if format == "json" { serde_json::to_string_pretty(v).unwrap_or_default() } else { go_fmt(v) };
+    let text = if format == "json" {
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    } else {
+        go_fmt(v)
+    };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     if std::io::stdout().is_terminal() {
@@ -290,7 +313,11 @@ pub fn field_of(resp: &Value, name: &str) -> Option<Value> {
         "token_accessor" => "accessor",
         "token_duration" => {
             let lease = auth.get("lease_duration").and_then(Value::as_i64).unwrap_or(0);
-            return Some(Value::String(if lease == 0 { "∞".into() } else { human_duration(lease) }));
+            return Some(Value::String(if lease == 0 {
+                "∞".into()
+            } else {
+                human_duration(lease)
+            }));
         }
         "token_renewable" => "renewable",
         "token_policies" | "identity_policies" | "policies" => name,
@@ -339,7 +366,8 @@ pub fn api_failure(what: &str, e: &ApiError) -> i32 {
 pub fn parse_pairs(pairs: &[String]) -> Result<Map<String, Value>, String> {
     if pairs.len() == 1 && pairs[0] == "-" {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| format!("reading stdin: {e}"))?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("reading stdin: {e}"))?;
         return match serde_json::from_str::<Value>(&s) {
             Ok(Value::Object(m)) => Ok(m),
             Ok(_) => Err("stdin must hold a JSON object".into()),
@@ -348,12 +376,15 @@ pub fn parse_pairs(pairs: &[String]) -> Result<Map<String, Value>, String> {
     }
     let mut m = Map::new();
     for p in pairs {
-        let (k, v) = p.split_once('=').ok_or_else(|| format!("invalid key/value pair {p:?}: format must be key=value"))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("invalid key/value pair {p:?}: format must be key=value"))?;
         let v = if let Some(file) = v.strip_prefix('@') {
             std::fs::read_to_string(file).map_err(|e| format!("error reading file {file}: {e}"))?
         } else if v == "-" {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| e.to_string())?;
             s
         } else {
             v.to_string()
@@ -371,7 +402,10 @@ mod tests {
     #[test]
     fn headers_and_durations_match_vault() {
         assert_eq!(pad_equal_signs("Secret Path", "secret/data/cli/a".len()), "== Secret Path ==");
-        assert_eq!(pad_equal_signs("Metadata Path", "secret/metadata/cli/a".len()), "=== Metadata Path ===");
+        assert_eq!(
+            pad_equal_signs("Metadata Path", "secret/metadata/cli/a".len()),
+            "=== Metadata Path ==="
+        );
         assert_eq!(pad_equal_signs("Metadata", 24), "======= Metadata =======");
         assert_eq!(pad_equal_signs("Metadata", 33), "============ Metadata ============");
         assert_eq!(pad_equal_signs("Data", 10), "== Data ==");
