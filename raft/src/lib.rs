@@ -39,17 +39,24 @@
 //! leader is replaced in about a second.
 
 mod backend;
+pub mod cluster;
 mod error;
 mod log_store;
+mod membership;
 mod network;
+mod rpc;
 mod state_machine;
 mod store;
+mod tls;
 mod types;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -59,12 +66,17 @@ use openraft::metrics::WaitError;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 
 pub use crate::backend::MAX_TRANSACTION_BYTES;
+pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
+pub use crate::membership::PeerInfo;
+pub use crate::tls::{ClusterTls, CLUSTER_SERVER_NAME};
 pub use crate::types::Node;
 
 use crate::backend::{propose, Proposer, RaftBackend};
+use crate::cluster::{Protocols, ALPN_RAFT};
 use crate::log_store::LogStore;
 use crate::network::Transport;
+use crate::rpc::RaftRpcService;
 use crate::state_machine::{SmShared, StateMachineStore};
 use crate::store::Store;
 use crate::types::{Op, TypeConfig};
@@ -108,6 +120,12 @@ pub struct RaftNode {
     raft: Raft<TypeConfig>,
     raft_id: u64,
     node: Node,
+    /// The client side of the cluster transport (shared with openraft).
+    transport: Transport,
+    /// What the cluster port serves: Raft, plus what the server registers.
+    protocols: Protocols,
+    /// The cluster port, once started. An async lock: starting it binds a socket.
+    cluster: tokio::sync::Mutex<Option<ClusterListener>>,
     /// `None` once shut down: reads and writes then fail with `Unavailable`.
     open: RwLock<Option<Open>>,
 }
@@ -134,26 +152,93 @@ impl RaftNode {
 
         // Raft::new re-applies committed entries the state machine lost in a crash before it
         // returns (see state_machine.rs), which is why reads are complete right after `open`.
+        // Elections start disabled; see "Elections before the cluster port" in the crate docs.
+        let transport = Transport::new();
         let raft = Raft::new(
             store.raft_id,
             Arc::new(raft_config()?),
-            Transport::None,
+            transport.clone(),
             LogStore::new(Arc::clone(&store)),
             state_machine,
         )
         .await
         .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
+        let raft_id = store.raft_id;
+        let voters = raft
+            .with_raft_state(|st| st.membership_state.effective().voter_ids().collect::<Vec<u64>>())
+            .await
+            .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
+        if voters.is_empty() || voters == [raft_id] {
+            raft.runtime_config().elect(true);
+        }
 
         let proposer = Proposer::start(raft.clone());
         let node =
             Node { node_id: cfg.node_id, api_addr: cfg.api_addr, cluster_addr: cfg.cluster_addr };
-        tracing::info!(raft_id = store.raft_id, node = %node, "raft storage opened");
+        let protocols = Protocols::default();
+        protocols.insert(ALPN_RAFT, Arc::new(RaftRpcService { raft: raft.clone(), raft_id }));
+        tracing::info!(raft_id, node = %node, voters = voters.len(), "raft storage opened");
         Ok(Arc::new(RaftNode {
             raft,
-            raft_id: store.raft_id,
+            raft_id,
             node,
+            transport,
+            protocols,
+            cluster: tokio::sync::Mutex::new(None),
             open: RwLock::new(Some(Open { store, reads, proposer })),
         }))
+    }
+
+    /// Starts the cluster port on `bind` (Vault's `cluster_address`; peers reach it at this
+    /// node's advertised `cluster_addr`) with `tls`, and lets this node talk to its peers: Raft
+    /// RPCs in both directions, and elections if it is one of several voters. Returns the bound
+    /// address (the real port when `bind` has port 0).
+    ///
+    /// Calling it again swaps the TLS identity for new connections and keeps the listener (a
+    /// different `bind` is then ignored).
+    pub async fn start_cluster(
+        &self,
+        bind: SocketAddr,
+        tls: &ClusterTls,
+    ) -> Result<SocketAddr, RaftError> {
+        self.reads()?;
+        let client = tls.client_config(ALPN_RAFT)?;
+        let mut cluster = self.cluster.lock().await;
+        let local_addr = match &*cluster {
+            Some(listener) => {
+                listener.set_tls(tls)?;
+                listener.local_addr()
+            }
+            None => {
+                let listener =
+                    ClusterListener::bind_with(bind, tls, self.protocols.clone()).await?;
+                let addr = listener.local_addr();
+                *cluster = Some(listener);
+                addr
+            }
+        };
+        self.transport.set_tls(client);
+        self.raft.runtime_config().elect(true);
+        tracing::info!(raft_id = self.raft_id, %local_addr, "raft cluster transport started");
+        Ok(local_addr)
+    }
+
+    /// Serves another protocol on the cluster port, under ALPN name `alpn` (e.g.
+    /// [`cluster::ALPN_REQUEST_FORWARDING`]), before or after [`RaftNode::start_cluster`].
+    /// Registering a name again replaces its handler; Raft's own name is refused.
+    pub fn register_protocol(
+        &self,
+        alpn: &[u8],
+        handler: Arc<dyn ClusterHandler>,
+    ) -> Result<(), RaftError> {
+        if alpn == ALPN_RAFT {
+            return Err(RaftError::Config("the raft_storage_v1 protocol is raft's own".into()));
+        }
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(RaftError::Config("an ALPN name is 1 to 255 bytes".into()));
+        }
+        self.protocols.insert(alpn, handler);
+        Ok(())
     }
 
     /// True once this node's Raft has a membership (it was bootstrapped or has joined).
@@ -251,6 +336,11 @@ impl RaftNode {
         let Some(Open { store, reads, proposer }) = open else {
             return Ok(());
         };
+        // Peers see this node go at once (connections close) rather than after a timeout.
+        if let Some(listener) = self.cluster.lock().await.take() {
+            listener.shutdown();
+        }
+        self.transport.close();
         proposer.stop();
         drop(reads);
         let stopped = self
@@ -325,6 +415,8 @@ fn raft_config() -> Result<openraft::Config, RaftError> {
         // instead of a full snapshot; older ones are purged.
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 1,
+        // Enabled by `open` or `start_cluster` (crate docs, "Elections before the cluster port").
+        enable_elect: false,
         ..Default::default()
     };
     config.validate().map_err(|e| RaftError::Config(e.to_string()))
