@@ -60,10 +60,12 @@ pub trait ClusterHandler: Send + Sync + 'static {
     async fn serve(&self, stream: ClusterStream, peer: SocketAddr);
 }
 
+type HandlerMap = HashMap<Vec<u8>, Arc<dyn ClusterHandler>>;
+
 /// The protocols a listener serves, by ALPN name. Shared, so protocols can be registered before
 /// and after the listener starts.
 #[derive(Clone, Default)]
-pub(crate) struct Protocols(Arc<RwLock<HashMap<Vec<u8>, Arc<dyn ClusterHandler>>>>);
+pub(crate) struct Protocols(Arc<RwLock<HandlerMap>>);
 
 impl Protocols {
     pub(crate) fn insert(&self, alpn: &[u8], handler: Arc<dyn ClusterHandler>) {
@@ -213,10 +215,8 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
             ServerConfig::clone(&current)
         };
         config.alpn_protocols = vec![alpn];
-        let stream = start
-            .into_stream(Arc::new(config))
-            .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let stream =
+            start.into_stream(Arc::new(config)).await.map_err(|e| format!("TLS handshake: {e}"))?;
         Ok((stream, handler))
     };
     let (stream, handler) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {

@@ -113,7 +113,9 @@ impl RaftNode {
             }
         };
         match tokio::time::timeout(MEMBERSHIP_TIMEOUT, write).await {
-            Err(_) => Err(RaftError::Timeout(MEMBERSHIP_TIMEOUT, "the new learner to be committed")),
+            Err(_) => {
+                Err(RaftError::Timeout(MEMBERSHIP_TIMEOUT, "the new learner to be committed"))
+            }
             Ok(Err(e)) => Err(write_error(e)),
             Ok(Ok(_)) => {
                 tracing::info!(raft_id, node = %node, "added a raft learner");
@@ -157,9 +159,12 @@ impl RaftNode {
             (current, new)
         };
         self.wait_caught_up(&new_voters, CATCH_UP_TIMEOUT).await?;
-        let write = self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true);
+        let write =
+            self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true);
         match tokio::time::timeout(MEMBERSHIP_TIMEOUT, write).await {
-            Err(_) => Err(RaftError::Timeout(MEMBERSHIP_TIMEOUT, "the membership change to commit")),
+            Err(_) => {
+                Err(RaftError::Timeout(MEMBERSHIP_TIMEOUT, "the membership change to commit"))
+            }
             Ok(Err(e)) => Err(write_error(e)),
             Ok(Ok(_)) => {
                 tracing::info!(?current, ?voters, "changed the raft voters");
@@ -177,7 +182,10 @@ impl RaftNode {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
-            (membership.get_node(&raft_id).is_some(), membership.voter_ids().any(|id| id == raft_id))
+            (
+                membership.get_node(&raft_id).is_some(),
+                membership.voter_ids().any(|id| id == raft_id),
+            )
         };
         if !is_member {
             return Ok(());

@@ -28,7 +28,7 @@
 //!   fit, and openraft sends fewer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -122,7 +122,8 @@ impl Transport {
     /// Closes every connection and makes every peer unreachable (shutdown).
     pub(crate) fn close(&self) {
         *self.inner.tls.write().unwrap_or_else(|p| p.into_inner()) = None;
-        let peers = std::mem::take(&mut *self.inner.peers.lock().unwrap_or_else(|p| p.into_inner()));
+        let peers =
+            std::mem::take(&mut *self.inner.peers.lock().unwrap_or_else(|p| p.into_inner()));
         for peer in peers.values() {
             peer.close("this node is shutting down");
         }
@@ -178,6 +179,9 @@ enum PeerState {
 struct Peer {
     target: u64,
     cluster_addr: String,
+    /// Set when the transport closes or forgets this peer: no more dials, and a dial still under
+    /// way is discarded. Clients openraft still holds then get `Unreachable`.
+    closed: AtomicBool,
     state: Mutex<PeerState>,
     /// Bumped when a dial finishes, successfully or not.
     dialed: watch::Sender<u64>,
@@ -188,12 +192,14 @@ impl Peer {
         Peer {
             target,
             cluster_addr,
+            closed: AtomicBool::new(false),
             state: Mutex::new(PeerState::Idle { last_failure: None }),
             dialed: watch::channel(0).0,
         }
     }
 
     fn close(&self, reason: &str) {
+        self.closed.store(true, Ordering::Release);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let PeerState::Connected(session) = &*state {
             session.shared.close(reason.to_string());
@@ -202,7 +208,10 @@ impl Peer {
     }
 
     /// The live connection, dialing one if needed (see the module docs).
-    async fn session(self: &Arc<Self>, transport: &TransportInner) -> Result<Arc<Session>, CallError> {
+    async fn session(
+        self: &Arc<Self>,
+        transport: &TransportInner,
+    ) -> Result<Arc<Session>, CallError> {
         let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
         loop {
             // Subscribed before looking at the state: a dial that finishes after the look is
@@ -210,6 +219,12 @@ impl Peer {
             let mut dialed = self.dialed.subscribe();
             {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(CallError::Unreachable(format!(
+                        "the transport to raft node {} is closed",
+                        self.target
+                    )));
+                }
                 if let PeerState::Connected(session) = &*state {
                     if session.shared.is_usable() {
                         return Ok(Arc::clone(session));
@@ -224,7 +239,8 @@ impl Peer {
                         return Err(CallError::Unreachable(why.clone()));
                     }
                     PeerState::Idle { .. } => {
-                        let config = transport.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        let config =
+                            transport.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
                         let Some(config) = config else {
                             return Err(CallError::Unreachable(
                                 "the cluster port of this node is not started".into(),
@@ -252,21 +268,40 @@ impl Peer {
         let outcome = tokio::time::timeout(CONNECT_TIMEOUT, dial(&self.cluster_addr, config)).await;
         let next = match outcome {
             Ok(Ok(stream)) => {
-                tracing::debug!(target = self.target, addr = %self.cluster_addr, "raft peer connected");
-                PeerState::Connected(Arc::new(Session::start(stream)))
+                tracing::debug!(peer = self.target, addr = %self.cluster_addr, "raft peer connected");
+                PeerState::Connected(Arc::new(Session::start(stream, self.target)))
             }
-            Ok(Err(e)) => PeerState::Idle { last_failure: Some((Instant::now(), e.to_string())) },
+            Ok(Err(e)) => {
+                // The message only: `CallError::Unreachable` wraps it in `RaftError::Unreachable`.
+                let why = match e {
+                    RaftError::Unreachable(m) => m,
+                    other => other.to_string(),
+                };
+                PeerState::Idle { last_failure: Some((Instant::now(), why)) }
+            }
             Err(_) => PeerState::Idle {
                 last_failure: Some((
                     Instant::now(),
-                    format!("connecting to {} timed out after {CONNECT_TIMEOUT:?}", self.cluster_addr),
+                    format!(
+                        "connecting to {} timed out after {CONNECT_TIMEOUT:?}",
+                        self.cluster_addr
+                    ),
                 )),
             },
         };
         if let PeerState::Idle { last_failure: Some((_, why)) } = &next {
-            tracing::debug!(target = self.target, "raft peer unreachable: {why}");
+            tracing::debug!(peer = self.target, "raft peer unreachable: {why}");
         }
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock that `close` takes, so a session made after `close` is
+            // dropped here rather than kept alive by a forgotten peer.
+            *state = if self.closed.load(Ordering::Acquire) {
+                PeerState::Idle { last_failure: None }
+            } else {
+                next
+            };
+        }
         self.dialed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -282,7 +317,9 @@ enum CallError {
 impl CallError {
     fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, Node, E> {
         match self {
-            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&RaftError::Unreachable(m))),
+            CallError::Unreachable(m) => {
+                RPCError::Unreachable(Unreachable::new(&RaftError::Unreachable(m)))
+            }
             CallError::Network(m) => RPCError::Network(NetworkError::new(&RaftError::Network(m))),
             CallError::TooLarge(n) => RPCError::Network(NetworkError::new(&RaftError::Network(
                 format!("a request of {n} bytes exceeds the frame limit of {MAX_FRAME}"),
@@ -358,7 +395,8 @@ impl SessionShared {
     }
 
     fn answer(&self, response: ResponseFrame) {
-        let pending = self.state.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&response.id);
+        let pending =
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&response.id);
         // No entry: a late answer after the session was cleared. A dropped receiver: the caller
         // gave up (openraft's timeout). Neither is an error.
         if let Some(p) = pending {
@@ -384,7 +422,7 @@ impl Drop for Unsent<'_> {
 }
 
 impl Session {
-    fn start(stream: ClusterClientStream) -> Session {
+    fn start(stream: ClusterClientStream, target: u64) -> Session {
         let (mut rd, wr) = tokio::io::split(stream);
         let (sender, rx) = frame_channel();
         let shared = Arc::new(SessionShared {
@@ -413,7 +451,7 @@ impl Session {
                         Err(e) => break format!("reading from the peer failed: {e}"),
                     }
                 };
-                tracing::debug!("raft connection closed: {reason}");
+                tracing::debug!(peer = target, "raft connection closed: {reason}");
                 shared.close(reason);
             })
         };
@@ -444,7 +482,8 @@ impl Session {
             return Err(CallError::Network(self.shared.closed_reason()));
         }
         unsent.armed = false;
-        if let Some(p) = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).pending.get_mut(&id)
+        if let Some(p) =
+            self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).pending.get_mut(&id)
         {
             p.sent = Some(Instant::now());
         }
@@ -564,5 +603,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Ok(other) => Err(self.unexpected(other)),
             Err(e) => Err(e.into_rpc()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, LogId, Vote};
+
+    use super::*;
+    use crate::types::{Op, Request};
+
+    fn append_of(sizes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| Entry {
+                log_id: LogId { leader_id: CommittedLeaderId::new(1, 1), index: i as u64 + 1 },
+                payload: EntryPayload::Normal(Request {
+                    ops: vec![Op::Put { key: "k".into(), value: vec![0; size] }],
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_at_the_soft_limit_but_one_entry_always_goes() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(entries_that_fit(&append_of(&[100; 300])), None);
+        assert_eq!(entries_that_fit(&append_of(&[MIB; 8])), Some(3));
+        assert_eq!(entries_that_fit(&append_of(&[8 * MIB, 10])), Some(1));
+        assert_eq!(entries_that_fit(&append_of(&[8 * MIB])), None, "a lone entry is never cut");
     }
 }

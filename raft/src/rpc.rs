@@ -84,7 +84,10 @@ pub(crate) enum RpcResponse {
     Vote(Result<VoteResponse<u64>, OpenraftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, OpenraftError<u64, InstallSnapshotError>>),
     /// The request was not given to Raft.
-    Refused { kind: RefusedKind, reason: String },
+    Refused {
+        kind: RefusedKind,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +204,8 @@ impl FrameSender {
     pub(crate) async fn send(&self, bytes: Vec<u8>) -> Result<(), WriterClosed> {
         // encode_frame caps frames at MAX_FRAME + 4, well within the budget and a u32.
         let n = u32::try_from(bytes.len()).map_err(|_| WriterClosed)?;
-        let budget = Arc::clone(&self.budget).acquire_many_owned(n).await.map_err(|_| WriterClosed)?;
+        let budget =
+            Arc::clone(&self.budget).acquire_many_owned(n).await.map_err(|_| WriterClosed)?;
         self.tx.send(OutFrame { bytes, _budget: budget }).await.map_err(|_| WriterClosed)
     }
 
@@ -279,7 +283,9 @@ impl ClusterHandler for RaftRpcService {
                     Ok(bytes) => {
                         let _ = sender.send(bytes).await;
                     }
-                    Err(e) => tracing::error!(%peer, "raft connection: cannot encode a response: {e}"),
+                    Err(e) => {
+                        tracing::error!(%peer, "raft connection: cannot encode a response: {e}")
+                    }
                 }
                 drop(permit);
             });

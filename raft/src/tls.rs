@@ -121,9 +121,7 @@ impl ClusterTls {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(CLUSTER_SERVER_NAME);
         params.subject_alt_names = vec![SanType::DnsName(
-            CLUSTER_SERVER_NAME
-                .try_into()
-                .map_err(|e| tls_err("the cluster server name", e))?,
+            CLUSTER_SERVER_NAME.try_into().map_err(|e| tls_err("the cluster server name", e))?,
         )];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
