@@ -249,9 +249,11 @@ impl RaftNode {
         bind: SocketAddr,
         tls: &ClusterTls,
     ) -> Result<SocketAddr, RaftError> {
-        self.reads()?;
         let client = tls.client_config(ALPN_RAFT)?;
         let mut cluster = self.cluster.lock().await;
+        // Checked under the lock: `shutdown` marks the node closed before it takes this lock to
+        // stop the listener, so no listener can start after it.
+        self.reads()?;
         let local_addr = match &*cluster {
             Some(listener) => {
                 listener.set_tls(tls)?;
