@@ -28,9 +28,20 @@ pub enum RaftError {
     Timeout(Duration, &'static str),
     #[error("this node is not the raft leader")]
     NotLeader { leader_api_addr: Option<String> },
-    /// A peer cannot be reached. For now always: there is no cluster transport yet.
+    /// A peer cannot be reached (connect or TLS handshake failed, or the cluster port is not
+    /// started yet).
     #[error("raft peer unreachable: {0}")]
     Unreachable(String),
+    /// Talking to a peer failed after the connection was made (I/O, a malformed frame, a timeout).
+    #[error("raft network error: {0}")]
+    Network(String),
+    /// The cluster TLS identity is unusable (bad PEM, a key that does not match, ...).
+    #[error("cluster TLS: {0}")]
+    Tls(String),
+    /// A membership change was refused: another change is in progress, a node is unknown, or a
+    /// node id is already taken by another member.
+    #[error("raft membership change refused: {0}")]
+    Membership(String),
     /// Raft has shut down (on request, or after a fatal storage error).
     #[error("raft has stopped: {0}")]
     Stopped(String),

@@ -1,7 +1,8 @@
 //! Integrated storage for vaultd: Raft (openraft 0.9.25) over one sled database, exposed to the
-//! server as a `vaultd_storage::Backend`.
+//! server as a `vaultd_storage::Backend`, with the cluster port that carries Raft between nodes.
 //!
-//! The server crate sees only [`RaftNode`], [`RaftConfig`], [`RaftStatus`], [`Node`] and
+//! The server crate sees only [`RaftNode`], [`RaftConfig`], [`RaftStatus`], [`Node`],
+//! [`PeerInfo`], [`ClusterTls`], the [`cluster`] module (listener, protocol hook, dialer) and
 //! [`RaftError`]; every openraft type stays inside this crate, so a move to openraft 0.10 (or a
 //! different log store) changes nothing outside it.
 //!
@@ -11,7 +12,15 @@
 //! - `log_store.rs`: the Raft log, vote and committed id (openraft's `RaftLogStorage`).
 //! - `state_machine.rs`: the key-value state, snapshots, and local reads (`RaftStateMachine`).
 //! - `backend.rs`: the `Backend` implementation and the group commit in front of openraft.
-//! - `network.rs`: the seam for the cluster transport (none yet: single node only).
+//! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it.
+//! - `tls.rs`: [`ClusterTls`], the cluster CA and node certificate (ECDSA P-521), and the rustls
+//!   configurations (mutual TLS, trust in the cluster CA only).
+//! - `cluster.rs`: the cluster port: one TLS listener that dispatches connections by ALPN
+//!   (`raft_storage_v1`, and whatever the server registers, e.g. request forwarding), and `dial`.
+//! - `rpc.rs`: the Raft protocol on that port: length-prefixed MessagePack frames, request ids,
+//!   and the server side that hands requests to the local Raft.
+//! - `network.rs`: the client side (openraft's `RaftNetworkFactory`): one lazily dialed,
+//!   shared connection per peer, and openraft's error kinds.
 //! - `types.rs`: the openraft type configuration, [`Node`], and what a log entry carries.
 //!
 //! ## Invariants
@@ -21,6 +30,31 @@
 //! - **Vote and committed id are synced before openraft is told they are saved.**
 //! - **Every read sees only applied, hence committed and durable, entries.**
 //! - **A snapshot install replaces the state machine as a whole**, also across a crash.
+//! - **Only cluster members talk Raft**: the cluster port requires a client certificate signed by
+//!   the cluster CA, and a request names the raft id it is for, so a node never acts on a message
+//!   meant for another.
+//!
+//! ## A node's life in a cluster
+//!
+//! [`RaftNode::open`] starts Raft on the local data; reads work at once. The cluster port starts
+//! with [`RaftNode::start_cluster`] (the server calls it once it has the cluster TLS identity,
+//! which lives in the barrier). The first node bootstraps itself ([`RaftNode::bootstrap_single`]);
+//! a joining node opens, starts its cluster port and waits, and the leader adds it with
+//! [`RaftNode::add_learner`] (the joining node reports its [`RaftNode::raft_id`] and [`Node`]),
+//! then [`RaftNode::promote`]s it once it has caught up.
+//!
+//! ### Elections before the cluster port
+//!
+//! A node campaigns only when it can reach its peers. Elections start disabled; `open` enables
+//! them when this node has no membership (it then never campaigns anyway: it is no voter) or is
+//! the only voter, and `start_cluster` enables them otherwise. Without this, a sealed voter (no
+//! cluster TLS yet) would time out, raise its term again and again, and depose the healthy leader
+//! the moment it became reachable.
+//!
+//! openraft 0.9 restores a node that was leader when it stopped as leader of its old term at
+//! start-up. Such a node cannot commit anything (its peers have moved on) and steps down at the
+//! first message from the real leader, but until then [`RaftStatus::is_leader`] is true on it:
+//! only [`RaftNode::wait_for_leader`] (a quorum round) proves leadership.
 //!
 //! ## Write throughput
 //!
@@ -35,21 +69,35 @@
 //! The Raft timing suits a LAN: heartbeats every 100 ms; a follower that hears nothing for
 //! 400-800 ms calls an election. The minimum is four heartbeats so that a few late or lost ones
 //! (an fsync stall, CPU contention on a 2-core host) do not depose a healthy leader; the maximum is
-//! twice the minimum so that candidates' timers spread out and split votes stay rare. A failed
-//! leader is replaced in about a second.
+//! twice the minimum so that candidates' timers spread out and split votes stay rare. openraft
+//! adds its leader lease (the maximum election timeout, 800 ms) before a follower that has seen a
+//! leader campaigns, so a failed leader is replaced 1.2-1.6 s after its last heartbeat
+//! (`three_nodes_replicate_fail_over_and_catch_up` measures 1.25-1.55 s over TLS on loopback, and
+//! the first write on the new leader a millisecond later).
+//!
+//! openraft 0.9 gives an AppendEntries only the heartbeat interval to complete, so the transport
+//! asks openraft to split an AppendEntries above 4 MiB (`network.rs`); one entry, up to
+//! [`MAX_TRANSACTION_BYTES`], always travels alone.
 
 mod backend;
+pub mod cluster;
 mod error;
 mod log_store;
+mod membership;
 mod network;
+mod rpc;
 mod state_machine;
 mod store;
+mod tls;
 mod types;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -59,12 +107,17 @@ use openraft::metrics::WaitError;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 
 pub use crate::backend::MAX_TRANSACTION_BYTES;
+pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
+pub use crate::membership::PeerInfo;
+pub use crate::tls::{ClusterTls, CLUSTER_SERVER_NAME};
 pub use crate::types::Node;
 
 use crate::backend::{propose, Proposer, RaftBackend};
+use crate::cluster::{Protocols, ALPN_RAFT};
 use crate::log_store::LogStore;
 use crate::network::Transport;
+use crate::rpc::RaftRpcService;
 use crate::state_machine::{SmShared, StateMachineStore};
 use crate::store::Store;
 use crate::types::{Op, TypeConfig};
@@ -95,7 +148,14 @@ pub struct RaftStatus {
     pub node_id: String,
     /// The numeric id openraft knows this node by (random, fixed when the directory was created).
     pub raft_id: u64,
+    /// This node is in the leader state of its current term. Not proof of leadership: a deposed
+    /// leader believes it until it hears of the newer term (see the crate docs, "Elections before
+    /// the cluster port"); check `millis_since_quorum_ack` too.
     pub is_leader: bool,
+    /// On a leader, how long ago a quorum last acknowledged it, as of openraft's last metrics
+    /// report (`None`: not leader, or no acknowledgement yet in this term). What an active node
+    /// watches to stop serving when it is cut off.
+    pub millis_since_quorum_ack: Option<u64>,
     pub leader: Option<Node>,
     pub term: u64,
     /// Index of the last entry known committed and saved on this node.
@@ -108,6 +168,12 @@ pub struct RaftNode {
     raft: Raft<TypeConfig>,
     raft_id: u64,
     node: Node,
+    /// The client side of the cluster transport (shared with openraft).
+    transport: Transport,
+    /// What the cluster port serves: Raft, plus what the server registers.
+    protocols: Protocols,
+    /// The cluster port, once started. An async lock: starting it binds a socket.
+    cluster: tokio::sync::Mutex<Option<ClusterListener>>,
     /// `None` once shut down: reads and writes then fail with `Unavailable`.
     open: RwLock<Option<Open>>,
 }
@@ -134,26 +200,95 @@ impl RaftNode {
 
         // Raft::new re-applies committed entries the state machine lost in a crash before it
         // returns (see state_machine.rs), which is why reads are complete right after `open`.
+        // Elections start disabled; see "Elections before the cluster port" in the crate docs.
+        let transport = Transport::new();
         let raft = Raft::new(
             store.raft_id,
             Arc::new(raft_config()?),
-            Transport::None,
+            transport.clone(),
             LogStore::new(Arc::clone(&store)),
             state_machine,
         )
         .await
         .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
+        let raft_id = store.raft_id;
+        let voters = raft
+            .with_raft_state(|st| st.membership_state.effective().voter_ids().collect::<Vec<u64>>())
+            .await
+            .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
+        if voters.is_empty() || voters == [raft_id] {
+            raft.runtime_config().elect(true);
+        }
 
         let proposer = Proposer::start(raft.clone());
         let node =
             Node { node_id: cfg.node_id, api_addr: cfg.api_addr, cluster_addr: cfg.cluster_addr };
-        tracing::info!(raft_id = store.raft_id, node = %node, "raft storage opened");
+        let protocols = Protocols::default();
+        protocols.insert(ALPN_RAFT, Arc::new(RaftRpcService { raft: raft.clone(), raft_id }));
+        tracing::info!(raft_id, node = %node, voters = voters.len(), "raft storage opened");
         Ok(Arc::new(RaftNode {
             raft,
-            raft_id: store.raft_id,
+            raft_id,
             node,
+            transport,
+            protocols,
+            cluster: tokio::sync::Mutex::new(None),
             open: RwLock::new(Some(Open { store, reads, proposer })),
         }))
+    }
+
+    /// Starts the cluster port on `bind` (Vault's `cluster_address`; peers reach it at this
+    /// node's advertised `cluster_addr`) with `tls`, and lets this node talk to its peers: Raft
+    /// RPCs in both directions, and elections if it is one of several voters. Returns the bound
+    /// address (the real port when `bind` has port 0).
+    ///
+    /// Calling it again swaps the TLS identity for new connections and keeps the listener (a
+    /// different `bind` is then ignored).
+    pub async fn start_cluster(
+        &self,
+        bind: SocketAddr,
+        tls: &ClusterTls,
+    ) -> Result<SocketAddr, RaftError> {
+        let client = tls.client_config(ALPN_RAFT)?;
+        let mut cluster = self.cluster.lock().await;
+        // Checked under the lock: `shutdown` marks the node closed before it takes this lock to
+        // stop the listener, so no listener can start after it.
+        self.reads()?;
+        let local_addr = match &*cluster {
+            Some(listener) => {
+                listener.set_tls(tls)?;
+                listener.local_addr()
+            }
+            None => {
+                let listener =
+                    ClusterListener::bind_with(bind, tls, self.protocols.clone()).await?;
+                let addr = listener.local_addr();
+                *cluster = Some(listener);
+                addr
+            }
+        };
+        self.transport.set_tls(client);
+        self.raft.runtime_config().elect(true);
+        tracing::info!(raft_id = self.raft_id, %local_addr, "raft cluster transport started");
+        Ok(local_addr)
+    }
+
+    /// Serves another protocol on the cluster port, under ALPN name `alpn` (e.g.
+    /// [`cluster::ALPN_REQUEST_FORWARDING`]), before or after [`RaftNode::start_cluster`].
+    /// Registering a name again replaces its handler; Raft's own name is refused.
+    pub fn register_protocol(
+        &self,
+        alpn: &[u8],
+        handler: Arc<dyn ClusterHandler>,
+    ) -> Result<(), RaftError> {
+        if alpn == ALPN_RAFT {
+            return Err(RaftError::Config("the raft_storage_v1 protocol is raft's own".into()));
+        }
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(RaftError::Config("an ALPN name is 1 to 255 bytes".into()));
+        }
+        self.protocols.insert(alpn, handler);
+        Ok(())
     }
 
     /// True once this node's Raft has a membership (it was bootstrapped or has joined).
@@ -234,6 +369,7 @@ impl RaftNode {
             node_id: self.node.node_id.clone(),
             raft_id: self.raft_id,
             is_leader: m.state == ServerState::Leader && m.current_leader == Some(self.raft_id),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
             leader,
             term: m.current_term,
             committed_index,
@@ -251,6 +387,11 @@ impl RaftNode {
         let Some(Open { store, reads, proposer }) = open else {
             return Ok(());
         };
+        // Peers see this node go at once (connections close) rather than after a timeout.
+        if let Some(listener) = self.cluster.lock().await.take() {
+            listener.shutdown();
+        }
+        self.transport.close();
         proposer.stop();
         drop(reads);
         let stopped = self
@@ -325,6 +466,8 @@ fn raft_config() -> Result<openraft::Config, RaftError> {
         // instead of a full snapshot; older ones are purged.
         max_in_snapshot_log_to_keep: 1000,
         purge_batch_size: 1,
+        // Enabled by `open` or `start_cluster` (crate docs, "Elections before the cluster port").
+        enable_elect: false,
         ..Default::default()
     };
     config.validate().map_err(|e| RaftError::Config(e.to_string()))
