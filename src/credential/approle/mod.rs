@@ -11,8 +11,10 @@
 //! Related keys change together in one view transaction. Role changes are serialised by one
 //! lock (they also guard the uniqueness of role IDs); a login's use-count decrement is
 //! serialised per secret ID by a striped lock. Expired secret IDs are refused and removed when
-//! met (Vault leaves that to its periodic tidy). CIDR bindings are stored and shown but not
-//! enforced: the caller's address does not reach backends yet.
+//! met (Vault leaves that to its periodic tidy). The caller's address does not reach backends
+//! yet, so a login that Vault would check against CIDRs (`secret_id_bound_cidrs`, a secret ID's
+//! `cidr_list`) fails closed with Vault's "failed to get connection information";
+//! `token_bound_cidrs` are stored and shown only.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,9 @@ use crate::transit::fields::{b64_decode, multierror, now_rfc3339_nanos, rfc3339_
 use crate::view::{View, ViewOp};
 
 const INVALID_CREDENTIALS: &str = "invalid role or secret ID";
+/// Vault's answer when a login must be checked against CIDRs but the caller's address is
+/// unknown. Backends do not see the caller's address yet, so CIDR-bound logins fail closed.
+const NO_CONNECTION_INFO: &str = "failed to get connection information";
 const STRIPES: usize = 64;
 /// Go's zero `time.Time`, which Vault shows for a secret ID that never expires.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -572,6 +577,9 @@ impl AppRole {
                 self.delete_secret(&key, &entry).await?;
                 return Err(Error::bad_request(INVALID_CREDENTIALS));
             }
+            if !entry.cidr_list.is_empty() {
+                return Err(Error::internal(NO_CONNECTION_INFO));
+            }
             match entry.secret_id_num_uses {
                 n if n <= 0 => {}
                 1 => self.delete_secret(&key, &entry).await?,
@@ -582,6 +590,9 @@ impl AppRole {
                 }
             }
             metadata = entry.metadata;
+        }
+        if role.secret_id_bound_cidrs.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(Error::internal(NO_CONNECTION_INFO));
         }
         metadata.insert("role_name".to_string(), role.name.clone());
         let auth = role.token.to_auth(&req.mount_point, "", metadata);

@@ -267,8 +267,18 @@ async fn secret_id_ttl_custom_ids_and_destroy() {
         .await
         .unwrap();
     assert_eq!(err(call(&a, Operation::Update, "role/open/secret-id", json!({})).await), "bind_secret_id is not set on the role");
-    let auth = call(&a, Operation::Update, "login", json!({"role_id": "open-id"})).await.unwrap().unwrap().auth.unwrap();
-    assert_eq!(auth.metadata.get("role_name").map(String::as_str), Some("open"));
+    // Its only other credential is the CIDR, which cannot be checked yet: fail closed.
+    assert!(matches!(
+        call(&a, Operation::Update, "login", json!({"role_id": "open-id"})).await,
+        Err(Error::Internal(m)) if m == "failed to get connection information"
+    ));
+    call(&a, Operation::Update, "role/tok", json!({"bind_secret_id": false, "token_bound_cidrs": "10.0.0.0/8", "role_id": "tok-id"}))
+        .await
+        .unwrap();
+    let auth = call(&a, Operation::Update, "login", json!({"role_id": "tok-id"})).await.unwrap().unwrap().auth.unwrap();
+    assert_eq!(auth.metadata.get("role_name").map(String::as_str), Some("tok"));
+    let cidr = data(&a, Operation::Update, "role/r/secret-id", json!({"cidr_list": "10.0.0.0/8"})).await;
+    assert!(matches!(login(&a, "rid", cidr["secret_id"].as_str().unwrap()).await, Err(Error::Internal(_))));
 
     // Deleting a role removes its secret IDs and its role ID.
     let s = data(&a, Operation::Update, "role/r/secret-id", json!({})).await;
