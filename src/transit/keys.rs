@@ -180,6 +180,10 @@ pub struct StoredPolicy {
     /// Seconds; stored and reported (vaultd does not rotate on a schedule yet).
     #[serde(default)]
     pub auto_rotate_period: u64,
+    /// Key derivation: every operation uses HKDF-SHA256(version key, context) as its key
+    /// (Vault's `hkdf_sha256` KDF; convergent encryption is not supported).
+    #[serde(default)]
+    pub derived: bool,
     pub keys: BTreeMap<u32, StoredKey>,
 }
 
@@ -196,6 +200,7 @@ impl StoredPolicy {
             exportable: false,
             allow_plaintext_backup: false,
             auto_rotate_period: 0,
+            derived: false,
             keys: BTreeMap::new(),
         };
         p.rotate()?;
@@ -264,7 +269,7 @@ impl StoredPolicy {
             "allow_plaintext_backup": self.allow_plaintext_backup,
             "auto_rotate_period": self.auto_rotate_period,
             "deletion_allowed": self.deletion_allowed,
-            "derived": false,
+            "derived": self.derived,
             "exportable": self.exportable,
             "imported_key": false,
             "keys": keys,
@@ -280,11 +285,38 @@ impl StoredPolicy {
             "supports_signing": t.signing_supported(),
             "type": t.name(),
         });
-        match v {
+        let mut m = match v {
             Value::Object(m) => m,
             _ => Map::new(),
+        };
+        if self.derived {
+            m.insert("kdf".into(), json!("hkdf_sha256"));
+            m.insert("convergent_encryption".into(), json!(false));
         }
+        m
     }
+}
+
+/// Vault's message when a derived key is used without a context.
+pub const ERR_MISSING_CONTEXT: &str = "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key";
+
+struct OkmLen(usize);
+
+impl aws_lc_rs::hkdf::KeyType for OkmLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA256 with an empty salt (Go's `hkdf.New(sha256.New, key, nil, context)`).
+fn hkdf_sha256(secret: &[u8], context: &[u8], len: usize) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
+    let fail = || OpError::Internal("key derivation failed".into());
+    let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(secret);
+    let info = [context];
+    let okm = prk.expand(&info, OkmLen(len)).map_err(|_| fail())?;
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    okm.fill(&mut out).map_err(|_| fail())?;
+    Ok(out)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -306,6 +338,8 @@ enum Crypto {
 
 struct Material {
     crypto: Crypto,
+    /// The version's raw key, kept for derived keys (the per-context key is made from it).
+    raw: Option<Zeroizing<Vec<u8>>>,
     /// The PKCS#8 document of an ECDSA key, to build a fixed-format (JWS) signer on demand.
     pkcs8: Option<Zeroizing<Vec<u8>>>,
     hmac_key: Zeroizing<Vec<u8>>,
@@ -462,7 +496,8 @@ impl Policy {
                     (Crypto::Ecdsa(kp), Some(k.key.clone()))
                 }
             };
-            versions.insert(v, Material { crypto, pkcs8, hmac_key: k.hmac_key.clone() });
+            let raw = stored.derived.then(|| k.key.clone());
+            versions.insert(v, Material { crypto, raw, pkcs8, hmac_key: k.hmac_key.clone() });
         }
         Ok(Policy { stored, versions })
     }
@@ -472,6 +507,24 @@ impl Policy {
             .ok()
             .and_then(|v| self.versions.get(&v))
             .ok_or_else(|| OpError::user("no such key version"))
+    }
+
+    /// For a derived key, the AEAD key for `context`; `None` for a plain key (context ignored,
+    /// as Vault does).
+    fn derived_key(&self, m: &Material, context: &[u8]) -> std::result::Result<Option<LessSafeKey>, OpError> {
+        if !self.stored.derived {
+            return Ok(None);
+        }
+        if context.is_empty() {
+            return Err(OpError::user(ERR_MISSING_CONTEXT));
+        }
+        let t = self.stored.key_type;
+        let (Some(raw), Some(alg)) = (m.raw.as_ref(), t.aead_alg()) else {
+            return Err(OpError::User(format!("derivation not supported for key type {}", t.name())));
+        };
+        let bytes = hkdf_sha256(raw, context, alg.key_len())?;
+        let unbound = UnboundKey::new(alg, &bytes).map_err(|_| OpError::Internal("key derivation failed".into()))?;
+        Ok(Some(LessSafeKey::new(unbound)))
     }
 
     /// Resolves the version an encrypt-like operation uses (`ver` 0 = latest), with Vault's texts.
@@ -491,15 +544,18 @@ impl Policy {
     }
 
     /// Encrypts `plaintext`; returns the `vault:v<N>:...` string.
-    pub fn encrypt(&self, ver: i64, plaintext: &[u8], aad: &[u8]) -> std::result::Result<String, OpError> {
+    pub fn encrypt(&self, ver: i64, context: &[u8], plaintext: &[u8], aad: &[u8]) -> std::result::Result<String, OpError> {
         let t = self.stored.key_type;
         if !t.encryption_supported() {
             return Err(OpError::User(format!("message encryption not supported for key type {}", t.name())));
         }
         let ver = self.encryption_version(ver)?;
         let m = self.material(ver)?;
-        let Crypto::Aead(key) = &m.crypto else {
-            return Err(OpError::Internal(format!("unsupported key type {}", t.name())));
+        let derived = self.derived_key(m, context)?;
+        let key = match (&derived, &m.crypto) {
+            (Some(k), _) => k,
+            (None, Crypto::Aead(k)) => k,
+            _ => return Err(OpError::Internal(format!("unsupported key type {}", t.name()))),
         };
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| OpError::Internal("random source failed".into()))?;
@@ -520,7 +576,7 @@ impl Policy {
     }
 
     /// Decrypts a `vault:v<N>:...` string.
-    pub fn decrypt(&self, value: &str, aad: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
+    pub fn decrypt(&self, value: &str, context: &[u8], aad: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
         let t = self.stored.key_type;
         if !t.encryption_supported() {
             return Err(OpError::User(format!("message decryption not supported for key type {}", t.name())));
@@ -539,8 +595,11 @@ impl Policy {
             super::fields::b64_decode(body).map_err(|_| OpError::user("invalid ciphertext: could not decode base64"))?,
         );
         let m = self.material(ver)?;
-        let Crypto::Aead(key) = &m.crypto else {
-            return Err(OpError::Internal(format!("unsupported key type {}", t.name())));
+        let derived = self.derived_key(m, context)?;
+        let key = match (&derived, &m.crypto) {
+            (Some(k), _) => k,
+            (None, Crypto::Aead(k)) => k,
+            _ => return Err(OpError::Internal(format!("unsupported key type {}", t.name()))),
         };
         if decoded.len() < NONCE_LEN {
             return Err(OpError::user("invalid ciphertext length"));
@@ -668,6 +727,16 @@ mod tests {
         assert_eq!(
             split_versioned("vault:vx:a", "ciphertext").unwrap_err().message(),
             "invalid ciphertext: version number could not be decoded"
+        );
+    }
+
+    #[test]
+    fn hkdf_matches_rfc5869_with_empty_salt() {
+        // RFC 5869 test case 3 (no salt, no info): what Go's hkdf.New(sha256.New, k, nil, nil) gives.
+        let okm = hkdf_sha256(&[0x0b; 22], &[], 42).unwrap();
+        assert_eq!(
+            hex::encode(okm.as_slice()),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
         );
     }
 

@@ -7,7 +7,11 @@
 //! per-name lock stripe, writes storage, then replaces the cache entry; a cache miss loads under
 //! the same stripe so a stale read cannot overwrite a newer entry.
 //!
-//! Not implemented (refused with a clear error): derived and convergent keys, exportable keys
+//! Derived keys (`derived=true`, or a first encrypt with a `context`) derive each operation's
+//! key with HKDF-SHA256 from the version key and the context, as Vault's `hkdf_sha256` KDF.
+//!
+//! Not implemented (refused with a clear error): convergent encryption, derived Ed25519 keys,
+//! exportable keys
 //! and plaintext backups, key types other than AES-GCM, ChaCha20-Poly1305, Ed25519 and ECDSA
 //! P-256, SHA3 HMACs and SHA3-224 signatures. `auto_rotate_period` is stored and reported but
 //! nothing rotates on a schedule yet.
@@ -104,6 +108,7 @@ struct CipherItem {
     key_version: i64,
     associated_data: String,
     reference: String,
+    decoded_context: Vec<u8>,
 }
 
 fn decode_cipher_items(raw: &Value, require_plaintext: bool, require_ciphertext: bool) -> Result<Vec<CipherItem>> {
@@ -291,7 +296,7 @@ impl Transit {
     }
 
     /// Returns the key, creating it with `key_type` if it does not exist (`upserted` = created).
-    async fn get_or_create(&self, name: &str, key_type: KeyType) -> Result<(Arc<Policy>, bool)> {
+    async fn get_or_create(&self, name: &str, key_type: KeyType, derived: bool) -> Result<(Arc<Policy>, bool)> {
         if let Some(p) = self.cached(name) {
             return Ok((p, false));
         }
@@ -299,7 +304,8 @@ impl Transit {
         if let Some(p) = self.load_locked(name).await? {
             return Ok((p, false));
         }
-        let stored = StoredPolicy::generate(name, key_type)?;
+        let mut stored = StoredPolicy::generate(name, key_type)?;
+        stored.derived = derived;
         Ok((self.save_locked(stored).await?, true))
     }
 
@@ -345,8 +351,17 @@ impl Transit {
         if f.has("external_key_ref") && !f.string("external_key_ref")?.is_empty() {
             return Err(user("must provide type=external-key to use external_key_ref"));
         }
-        if derived {
-            return Err(user("derived keys (derived=true) are not supported by vaultd"));
+        if convergent {
+            return Err(user("convergent encryption is not supported by vaultd"));
+        }
+        if derived && kt == KeyType::EcdsaP256 {
+            return Err(multierror(format!(
+                "key derivation and convergent encryption not supported for keys of type {}",
+                kt.name()
+            )));
+        }
+        if derived && !kt.encryption_supported() {
+            return Err(user(format!("derived {} keys are not supported by vaultd", kt.name())));
         }
         if exportable {
             return Err(user("exportable keys are not supported by vaultd"));
@@ -361,6 +376,7 @@ impl Transit {
         }
         let mut stored = StoredPolicy::generate(name, kt)?;
         stored.auto_rotate_period = auto_rotate as u64;
+        stored.derived = derived;
         let p = self.save_locked(stored).await?;
         Ok(Some(Self::key_response(&p.stored)))
     }
@@ -500,7 +516,7 @@ impl Transit {
         let mut results: Vec<std::result::Result<(String, i64), OpError>> = Vec::with_capacity(n);
         let mut decoded: Vec<Option<Zeroizing<Vec<u8>>>> = Vec::with_capacity(n);
         let context_set = !items[0].context.is_empty();
-        for item in &items {
+        for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
                 return Err(user("context should be set either in all the request blocks or in none"));
             }
@@ -513,9 +529,12 @@ impl Transit {
                 Ok(pt) => decoded.push(Some(Zeroizing::new(pt))),
             }
             if !item.context.is_empty() {
-                if let Err(e) = b64_decode(&item.context) {
-                    results.push(Err(OpError::User(e)));
-                    continue;
+                match b64_decode(&item.context) {
+                    Ok(c) => item.decoded_context = c,
+                    Err(e) => {
+                        results.push(Err(OpError::User(e)));
+                        continue;
+                    }
                 }
             }
             results.push(Ok((String::new(), 0)));
@@ -538,13 +557,14 @@ impl Transit {
                         None => return Err(user(format!("unknown key type {kt}"))),
                     },
                 };
-                if f.bool("convergent_encryption")?.unwrap_or(false) && !context_set {
-                    return Err(user("convergent encryption requires derivation to be enabled, so context is required"));
+                if f.bool("convergent_encryption")?.unwrap_or(false) {
+                    if !context_set {
+                        return Err(user("convergent encryption requires derivation to be enabled, so context is required"));
+                    }
+                    return Err(user("convergent encryption is not supported by vaultd"));
                 }
-                if context_set {
-                    return Err(user("derived keys (creating a key with a context) are not supported by vaultd"));
-                }
-                self.get_or_create(name, kt).await?.0
+                // A context on a new key makes it a derived key, as in Vault.
+                self.get_or_create(name, kt, context_set).await?.0
             }
         };
 
@@ -570,7 +590,7 @@ impl Transit {
                 }
             };
             let pt = decoded[i].as_deref().map(Vec::as_slice).unwrap_or_default();
-            match p.encrypt(item.key_version, pt, aad.as_deref().unwrap_or_default()) {
+            match p.encrypt(item.key_version, &item.decoded_context, pt, aad.as_deref().unwrap_or_default()) {
                 Ok(ct) => {
                     outcome.success = true;
                     let ver = if item.key_version == 0 { i64::from(p.stored.latest_version) } else { item.key_version };
@@ -637,10 +657,11 @@ impl Transit {
                 }]
             }
         };
+        let mut items = items;
         let context_set = !items[0].context.is_empty();
         let mut results: Vec<std::result::Result<Zeroizing<Vec<u8>>, OpError>> = Vec::with_capacity(items.len());
         let mut outcome = BatchOutcome::default();
-        for item in &items {
+        for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
                 return Err(user("context should be set either in all the request blocks or in none"));
             }
@@ -650,10 +671,13 @@ impl Transit {
                 continue;
             }
             if !item.context.is_empty() {
-                if let Err(e) = b64_decode(&item.context) {
-                    outcome.user_error = true;
-                    results.push(Err(OpError::User(e)));
-                    continue;
+                match b64_decode(&item.context) {
+                    Ok(c) => item.decoded_context = c,
+                    Err(e) => {
+                        outcome.user_error = true;
+                        results.push(Err(OpError::User(e)));
+                        continue;
+                    }
                 }
             }
             results.push(Ok(Zeroizing::new(Vec::new())));
@@ -678,7 +702,7 @@ impl Transit {
                     }
                 }
             };
-            match p.decrypt(&item.ciphertext, aad.as_deref().unwrap_or_default()) {
+            match p.decrypt(&item.ciphertext, &item.decoded_context, aad.as_deref().unwrap_or_default()) {
                 Ok(pt) => {
                     outcome.success = true;
                     results[i] = Ok(pt);
@@ -743,9 +767,10 @@ impl Transit {
                 }]
             }
         };
+        let mut items = items;
         let context_set = !items[0].context.is_empty();
         let mut results: Vec<std::result::Result<(String, i64), String>> = Vec::with_capacity(items.len());
-        for item in &items {
+        for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
                 return Err(user("context should be set either in all the request blocks or in none"));
             }
@@ -754,9 +779,12 @@ impl Transit {
                 continue;
             }
             if !item.context.is_empty() {
-                if let Err(e) = b64_decode(&item.context) {
-                    results.push(Err(e));
-                    continue;
+                match b64_decode(&item.context) {
+                    Ok(c) => item.decoded_context = c,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
                 }
             }
             results.push(Ok((String::new(), 0)));
@@ -766,7 +794,7 @@ impl Transit {
             if results[i].is_err() {
                 continue;
             }
-            let pt = match p.decrypt(&item.ciphertext, &[]) {
+            let pt = match p.decrypt(&item.ciphertext, &item.decoded_context, &[]) {
                 Ok(pt) => pt,
                 Err(OpError::User(m)) => {
                     results[i] = Err(m);
@@ -774,7 +802,7 @@ impl Transit {
                 }
                 Err(OpError::Internal(m)) => return Err(multierror(m)),
             };
-            match p.encrypt(item.key_version, &pt, &[]) {
+            match p.encrypt(item.key_version, &item.decoded_context, &pt, &[]) {
                 Ok(ct) => {
                     let ver = if item.key_version == 0 { i64::from(p.stored.latest_version) } else { item.key_version };
                     results[i] = Ok((ct, ver));
@@ -821,9 +849,11 @@ impl Transit {
             _ => return Err(user("Invalid path, must be 'plaintext' or 'wrapped'")),
         };
         let context = f.string("context")?;
-        if !context.is_empty() && b64_decode(&context).is_err() {
-            return Err(user("failed to base64-decode context"));
-        }
+        let context = if context.is_empty() {
+            Vec::new()
+        } else {
+            b64_decode(&context).map_err(|_| user("failed to base64-decode context"))?
+        };
         let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
         let len = match bits {
             512 => 64,
@@ -841,7 +871,7 @@ impl Transit {
                 multierror(format!("unable to get associated_data/additional_data from factory[0]: {e}"))
             })?)
         };
-        let ct = match p.encrypt(ver, &key, aad.as_deref().unwrap_or_default()) {
+        let ct = match p.encrypt(ver, &context, &key, aad.as_deref().unwrap_or_default()) {
             Ok(ct) => ct,
             Err(OpError::User(m)) => return Err(user(m)),
             Err(OpError::Internal(m)) => return Err(multierror(m)),

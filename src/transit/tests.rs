@@ -108,7 +108,12 @@ async fn create_errors_and_refusals() {
     assert_eq!(bad(&t, "keys/k", json!({"type": "bogus"})).await, "unknown key type bogus");
     assert_eq!(bad(&t, "keys/k", json!({"auto_rotate_period": "1m"})).await, "auto rotate period must be 0 to disable or at least an hour");
     assert_eq!(bad(&t, "keys/k", json!({"convergent_encryption": true})).await, "convergent encryption requires derivation to be enabled");
-    assert!(bad(&t, "keys/k", json!({"derived": true})).await.contains("not supported by vaultd"));
+    assert!(bad(&t, "keys/k", json!({"derived": true, "type": "ed25519"})).await.contains("not supported by vaultd"));
+    assert!(bad(&t, "keys/k", json!({"derived": true, "convergent_encryption": true})).await.contains("not supported by vaultd"));
+    assert_eq!(
+        err(&t, Operation::Update, "keys/k", json!({"derived": true, "type": "ecdsa-p256"})).await,
+        "1 error occurred:\n\t* key derivation and convergent encryption not supported for keys of type ecdsa-p256\n\n"
+    );
     assert!(bad(&t, "keys/k", json!({"exportable": true})).await.contains("not supported by vaultd"));
     assert!(bad(&t, "keys/k", json!({"type": "rsa-2048"})).await.contains("not supported by vaultd"));
     let k = post(&t, "keys/k", json!({"auto_rotate_period": "2h"})).await;
@@ -317,6 +322,39 @@ async fn rotation_min_versions_rewrap_and_cache() {
     assert_eq!(k["latest_version"], 3);
     assert_eq!(k["min_encryption_version"], 3);
     assert_eq!(s(&post(&t2, "decrypt/k", json!({"ciphertext": ct2})).await, "plaintext"), "aGk=");
+}
+
+#[tokio::test]
+async fn derived_keys() {
+    let (t, _) = engine().await;
+    let k = post(&t, "keys/d", json!({"derived": true})).await;
+    assert_eq!(k["derived"], true);
+    assert_eq!(k["kdf"], "hkdf_sha256");
+    assert_eq!(k["convergent_encryption"], false);
+    let (ctx_a, ctx_b) = (b64(b"tenant-a"), b64(b"tenant-b"));
+    assert_eq!(bad(&t, "encrypt/d", json!({"plaintext": "aGk="})).await, keys::ERR_MISSING_CONTEXT);
+    let ct = s(&post(&t, "encrypt/d", json!({"plaintext": "aGk=", "context": ctx_a})).await, "ciphertext");
+    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_a})).await, "plaintext"), "aGk=");
+    assert_eq!(bad(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_b})).await, "cipher: message authentication failed");
+    assert_eq!(bad(&t, "decrypt/d", json!({"ciphertext": ct})).await, keys::ERR_MISSING_CONTEXT);
+    // A context on a plain key is ignored, as in Vault.
+    post(&t, "keys/plain", json!({})).await;
+    let pct = s(&post(&t, "encrypt/plain", json!({"plaintext": "aGk=", "context": ctx_a})).await, "ciphertext");
+    assert_eq!(s(&post(&t, "decrypt/plain", json!({"ciphertext": pct})).await, "plaintext"), "aGk=");
+    // Upsert with a context makes a derived key; batches carry a context per item.
+    let b = post(&t, "encrypt/up", json!({"batch_input": [{"plaintext": "aGk=", "context": ctx_a}, {"plaintext": "aGk=", "context": ctx_b}]})).await;
+    assert_eq!(ok(&t, Operation::Read, "keys/up", json!({})).await["derived"], true);
+    let cts: Vec<&str> = b["batch_results"].as_array().unwrap().iter().map(|i| i["ciphertext"].as_str().unwrap()).collect();
+    let d = post(&t, "decrypt/up", json!({"batch_input": [{"ciphertext": cts[0], "context": ctx_a}, {"ciphertext": cts[1], "context": ctx_b}]})).await;
+    assert_eq!(d["batch_results"], json!([{"plaintext": "aGk=", "reference": ""}, {"plaintext": "aGk=", "reference": ""}]));
+    // Rewrap and datakey use the context too.
+    post(&t, "keys/d/rotate", json!({})).await;
+    let rw = post(&t, "rewrap/d", json!({"ciphertext": ct, "context": ctx_a})).await;
+    assert_eq!(rw["key_version"], 2);
+    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": s(&rw, "ciphertext"), "context": ctx_a})).await, "plaintext"), "aGk=");
+    let dk = post(&t, "datakey/plaintext/d", json!({"context": ctx_b})).await;
+    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": s(&dk, "ciphertext"), "context": ctx_b})).await, "plaintext"), s(&dk, "plaintext"));
+    assert_eq!(bad(&t, "datakey/plaintext/d", json!({})).await, keys::ERR_MISSING_CONTEXT);
 }
 
 #[tokio::test]
