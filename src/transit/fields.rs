@@ -32,7 +32,8 @@ pub fn b64_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
     };
     GO_STD.decode(input).map_err(|e| {
         let offset = match e {
-            base64::DecodeError::InvalidByte(off, _) | base64::DecodeError::InvalidLastSymbol(off, _) => off,
+            base64::DecodeError::InvalidByte(off, _)
+            | base64::DecodeError::InvalidLastSymbol(off, _) => off,
             // A truncated final quantum: Go reports where that quantum starts.
             base64::DecodeError::InvalidLength(len) => len - len % 4,
             base64::DecodeError::InvalidPadding => match input.find('=') {
@@ -100,7 +101,10 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(Value::Bool(b)) => Ok(Some(if *b { "1".into() } else { "0".into() })),
-            Some(v) => Err(self.err(name, format!("'' expected type 'string', got unconvertible type '{}'", go_type(v)))),
+            Some(v) => Err(self.err(
+                name,
+                format!("'' expected type 'string', got unconvertible type '{}'", go_type(v)),
+            )),
         }
     }
 
@@ -110,26 +114,34 @@ impl<'a> Fields<'a> {
     }
 
     pub fn int(&self, name: &str) -> Result<Option<i64>> {
-        let bad = || self.err(name, "'' cannot parse value as 'int': strconv.ParseInt: invalid syntax");
+        let bad =
+            || self.err(name, "'' cannot parse value as 'int': strconv.ParseInt: invalid syntax");
         match self.raw(name) {
             None => Ok(None),
             Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(bad),
             Some(Value::String(s)) if s.is_empty() => Ok(Some(0)),
             Some(Value::String(s)) => s.trim().parse::<i64>().map(Some).map_err(|_| bad()),
             Some(Value::Bool(b)) => Ok(Some(i64::from(*b))),
-            Some(v) => Err(self.err(name, format!("'' expected type 'int', got unconvertible type '{}'", go_type(v)))),
+            Some(v) => Err(self.err(
+                name,
+                format!("'' expected type 'int', got unconvertible type '{}'", go_type(v)),
+            )),
         }
     }
 
     pub fn bool(&self, name: &str) -> Result<Option<bool>> {
-        let bad = || self.err(name, "'' cannot parse value as 'bool': strconv.ParseBool: invalid syntax");
+        let bad =
+            || self.err(name, "'' cannot parse value as 'bool': strconv.ParseBool: invalid syntax");
         match self.raw(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if s.is_empty() => Ok(Some(false)),
             Some(Value::String(s)) => parse_go_bool(s).map(Some).ok_or_else(bad),
             Some(Value::Number(n)) => Ok(Some(n.as_f64().is_some_and(|f| f != 0.0))),
-            Some(v) => Err(self.err(name, format!("'' expected type 'bool', got unconvertible type '{}'", go_type(v)))),
+            Some(v) => Err(self.err(
+                name,
+                format!("'' expected type 'bool', got unconvertible type '{}'", go_type(v)),
+            )),
         }
     }
 
@@ -148,7 +160,9 @@ impl<'a> Fields<'a> {
                     Ok(i) => i,
                     Err(_) => match t.strip_prefix('-') {
                         Some(rest) if crate::config::parse_duration(rest).is_ok() => {
-                            return Err(self.err(name, format!("cannot provide negative value '{t}'")));
+                            return Err(
+                                self.err(name, format!("cannot provide negative value '{t}'"))
+                            );
                         }
                         _ => crate::config::parse_duration(t)
                             .map_err(|_| self.err(name, format!("time: invalid duration \"{t}\"")))?
@@ -157,7 +171,10 @@ impl<'a> Fields<'a> {
                 }
             }
             Some(v) => {
-                return Err(self.err(name, format!("'' expected type 'int64', got unconvertible type '{}'", go_type(v))))
+                return Err(self.err(
+                    name,
+                    format!("'' expected type 'int64', got unconvertible type '{}'", go_type(v)),
+                ))
             }
         };
         if secs < 0 {
@@ -223,7 +240,8 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
 fn go_value(v: &Value) -> String {
     match v {
         Value::Object(m) => {
-            let inner: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{}", go_value(v))).collect();
+            let inner: Vec<String> =
+                m.iter().map(|(k, v)| format!("{k}:{}", go_value(v))).collect();
             format!("map[{}]", inner.join(" "))
         }
         Value::Array(a) => format!("[{}]", a.iter().map(go_value).collect::<Vec<_>>().join(" ")),
@@ -302,7 +320,11 @@ mod tests {
             g.duration_secs("bad").unwrap_err().to_string(),
             "error converting input for field \"bad\": time: invalid duration \"x\""
         );
-        assert!(g.comma_strings("o").unwrap_err().to_string().contains("'[0]' expected type 'string'"));
+        assert!(g
+            .comma_strings("o")
+            .unwrap_err()
+            .to_string()
+            .contains("'[0]' expected type 'string'"));
     }
 
     #[test]

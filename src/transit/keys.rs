@@ -43,8 +43,16 @@ pub enum KeyType {
 
 /// Key types Vault knows that vaultd does not implement: refused with a clear error rather than
 /// Vault's "unknown key type".
-pub const UNSUPPORTED_TYPES: &[&str] =
-    &["xchacha20-poly1305", "ecdsa-p384", "ecdsa-p521", "rsa-2048", "rsa-3072", "rsa-4096", "hmac", "external-key"];
+pub const UNSUPPORTED_TYPES: &[&str] = &[
+    "xchacha20-poly1305",
+    "ecdsa-p384",
+    "ecdsa-p521",
+    "rsa-2048",
+    "rsa-3072",
+    "rsa-4096",
+    "hmac",
+    "external-key",
+];
 
 impl KeyType {
     pub fn parse(s: &str) -> Option<KeyType> {
@@ -129,16 +137,22 @@ mod zb64 {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Zeroizing<Vec<u8>>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        v: &Zeroizing<Vec<u8>>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         let mut text = b64_encode(v);
         let r = s.serialize_str(&text);
         text.zeroize();
         r
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Zeroizing<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, D::Error> {
         let mut text = String::deserialize(d)?;
-        let out = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.as_bytes());
+        let out =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.as_bytes());
         text.zeroize();
         out.map(Zeroizing::new).map_err(serde::de::Error::custom)
     }
@@ -229,12 +243,16 @@ impl StoredPolicy {
                 let kp = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
                     .map_err(|_| crypto_err("an ECDSA key"))?;
                 let doc = kp.to_pkcs8v1().map_err(|_| crypto_err("an ECDSA key"))?;
-                let der = kp.public_key().as_der().map_err(|_| crypto_err("an ECDSA public key"))?;
+                let der =
+                    kp.public_key().as_der().map_err(|_| crypto_err("an ECDSA public key"))?;
                 (Zeroizing::new(doc.as_ref().to_vec()), pem("PUBLIC KEY", der.as_ref()))
             }
         };
         self.latest_version += 1;
-        self.keys.insert(self.latest_version, StoredKey { key, hmac_key, time, creation_time, public_key });
+        self.keys.insert(
+            self.latest_version,
+            StoredKey { key, hmac_key, time, creation_time, public_key },
+        );
         if self.min_decryption_version == 0 {
             self.min_decryption_version = 1;
         }
@@ -246,7 +264,8 @@ impl StoredPolicy {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<StoredPolicy> {
-        serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("corrupt transit key: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::internal(format!("corrupt transit key: {e}")))
     }
 
     /// Vault's key read shape (`formatKeyPolicy`).
@@ -254,7 +273,9 @@ impl StoredPolicy {
         let mut keys = Map::new();
         for (v, k) in self.keys.range(self.min_decryption_version..) {
             let shown = match self.key_type {
-                KeyType::Aes128Gcm96 | KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305 => json!(k.time),
+                KeyType::Aes128Gcm96 | KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305 => {
+                    json!(k.time)
+                }
                 KeyType::Ed25519 | KeyType::EcdsaP256 => json!({
                     "certificate_chain": "",
                     "creation_time": k.creation_time,
@@ -309,7 +330,11 @@ impl aws_lc_rs::hkdf::KeyType for OkmLen {
 }
 
 /// HKDF-SHA256 with an empty salt (Go's `hkdf.New(sha256.New, key, nil, context)`).
-fn hkdf_sha256(secret: &[u8], context: &[u8], len: usize) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
+fn hkdf_sha256(
+    secret: &[u8],
+    context: &[u8],
+    len: usize,
+) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
     let fail = || OpError::Internal("key derivation failed".into());
     let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(secret);
     let info = [context];
@@ -369,9 +394,15 @@ impl Marshaling {
     }
 }
 
+/// A hash algorithm name Vault does not know.
+#[derive(Debug)]
+pub struct UnknownAlgorithm;
+
 /// The hash algorithms Vault names, mapped to aws-lc-rs. `Ok(None)` is a name Vault accepts
 /// that vaultd cannot compute (SHA3-224, "none").
-pub fn digest_alg(name: &str) -> std::result::Result<Option<&'static digest::Algorithm>, ()> {
+pub fn digest_alg(
+    name: &str,
+) -> std::result::Result<Option<&'static digest::Algorithm>, UnknownAlgorithm> {
     Ok(Some(match name {
         "sha1" => &digest::SHA1_FOR_LEGACY_USE_ONLY,
         "sha2-224" => &digest::SHA224,
@@ -382,11 +413,13 @@ pub fn digest_alg(name: &str) -> std::result::Result<Option<&'static digest::Alg
         "sha3-384" => &digest::SHA3_384,
         "sha3-512" => &digest::SHA3_512,
         "sha3-224" | "none" => return Ok(None),
-        _ => return Err(()),
+        _ => return Err(UnknownAlgorithm),
     }))
 }
 
-pub fn hmac_alg(name: &str) -> std::result::Result<Option<aws_lc_rs::hmac::Algorithm>, ()> {
+pub fn hmac_alg(
+    name: &str,
+) -> std::result::Result<Option<aws_lc_rs::hmac::Algorithm>, UnknownAlgorithm> {
     use aws_lc_rs::hmac;
     Ok(Some(match name {
         "sha1" => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
@@ -395,16 +428,21 @@ pub fn hmac_alg(name: &str) -> std::result::Result<Option<aws_lc_rs::hmac::Algor
         "sha2-384" => hmac::HMAC_SHA384,
         "sha2-512" => hmac::HMAC_SHA512,
         "sha3-224" | "sha3-256" | "sha3-384" | "sha3-512" | "none" => return Ok(None),
-        _ => return Err(()),
+        _ => return Err(UnknownAlgorithm),
     }))
 }
 
 /// Splits `vault:v<N>:<rest>` as Vault does; `what` is "ciphertext" or "signature".
 fn split_versioned<'a>(value: &'a str, what: &str) -> std::result::Result<(i64, &'a str), OpError> {
-    let rest = value.strip_prefix(PREFIX).ok_or_else(|| OpError::User(format!("invalid {what}: no prefix")))?;
-    let (ver, body) =
-        rest.split_once(':').ok_or_else(|| OpError::User(format!("invalid {what}: wrong number of fields")))?;
-    let ver = parse_go_int(ver).ok_or_else(|| OpError::User(format!("invalid {what}: version number could not be decoded")))?;
+    let rest = value
+        .strip_prefix(PREFIX)
+        .ok_or_else(|| OpError::User(format!("invalid {what}: no prefix")))?;
+    let (ver, body) = rest
+        .split_once(':')
+        .ok_or_else(|| OpError::User(format!("invalid {what}: wrong number of fields")))?;
+    let ver = parse_go_int(ver).ok_or_else(|| {
+        OpError::User(format!("invalid {what}: version number could not be decoded"))
+    })?;
     Ok((ver, body))
 }
 
@@ -427,7 +465,8 @@ fn p256_digest(hashed: &[u8]) -> std::result::Result<digest::Digest, OpError> {
     } else {
         buf[32 - hashed.len()..].copy_from_slice(hashed);
     }
-    digest::Digest::import_less_safe(&buf, &digest::SHA256).map_err(|_| OpError::Internal("invalid digest".into()))
+    digest::Digest::import_less_safe(&buf, &digest::SHA256)
+        .map_err(|_| OpError::Internal("invalid digest".into()))
 }
 
 /// Checks that `sig` is exactly one DER `SEQUENCE { INTEGER, INTEGER }` (what Go's
@@ -481,7 +520,9 @@ impl Policy {
     /// Parses every usable version's key.
     pub fn load(stored: StoredPolicy) -> Result<Policy> {
         let mut versions = BTreeMap::new();
-        let bad = |v: u32| Error::internal(format!("transit: key {} version {v} is corrupt", stored.name));
+        let bad = |v: u32| {
+            Error::internal(format!("transit: key {} version {v} is corrupt", stored.name))
+        };
         for (&v, k) in stored.keys.range(stored.min_decryption_version..) {
             let (crypto, pkcs8) = match stored.key_type {
                 t @ (KeyType::Aes128Gcm96 | KeyType::Aes256Gcm96 | KeyType::ChaCha20Poly1305) => {
@@ -489,10 +530,15 @@ impl Policy {
                     let unbound = UnboundKey::new(alg, &k.key).map_err(|_| bad(v))?;
                     (Crypto::Aead(LessSafeKey::new(unbound)), None)
                 }
-                KeyType::Ed25519 => (Crypto::Ed25519(Ed25519KeyPair::from_pkcs8(&k.key).map_err(|_| bad(v))?), None),
+                KeyType::Ed25519 => {
+                    (Crypto::Ed25519(Ed25519KeyPair::from_pkcs8(&k.key).map_err(|_| bad(v))?), None)
+                }
                 KeyType::EcdsaP256 => {
-                    let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &k.key)
-                        .map_err(|_| bad(v))?;
+                    let kp = EcdsaKeyPair::from_pkcs8(
+                        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                        &k.key,
+                    )
+                    .map_err(|_| bad(v))?;
                     (Crypto::Ecdsa(kp), Some(k.key.clone()))
                 }
             };
@@ -511,7 +557,11 @@ impl Policy {
 
     /// For a derived key, the AEAD key for `context`; `None` for a plain key (context ignored,
     /// as Vault does).
-    fn derived_key(&self, m: &Material, context: &[u8]) -> std::result::Result<Option<LessSafeKey>, OpError> {
+    fn derived_key(
+        &self,
+        m: &Material,
+        context: &[u8],
+    ) -> std::result::Result<Option<LessSafeKey>, OpError> {
         if !self.stored.derived {
             return Ok(None);
         }
@@ -520,10 +570,14 @@ impl Policy {
         }
         let t = self.stored.key_type;
         let (Some(raw), Some(alg)) = (m.raw.as_ref(), t.aead_alg()) else {
-            return Err(OpError::User(format!("derivation not supported for key type {}", t.name())));
+            return Err(OpError::User(format!(
+                "derivation not supported for key type {}",
+                t.name()
+            )));
         };
         let bytes = hkdf_sha256(raw, context, alg.key_len())?;
-        let unbound = UnboundKey::new(alg, &bytes).map_err(|_| OpError::Internal("key derivation failed".into()))?;
+        let unbound = UnboundKey::new(alg, &bytes)
+            .map_err(|_| OpError::Internal("key derivation failed".into()))?;
         Ok(Some(LessSafeKey::new(unbound)))
     }
 
@@ -533,21 +587,30 @@ impl Policy {
         match ver {
             0 => Ok(i64::from(p.latest_version)),
             v if v < 0 => Err(OpError::user("requested version for encryption is negative")),
-            v if v > i64::from(p.latest_version) => {
-                Err(OpError::user("requested version for encryption is higher than the latest key version"))
-            }
-            v if v < i64::from(p.min_encryption_version) => {
-                Err(OpError::user("requested version for encryption is less than the minimum encryption key version"))
-            }
+            v if v > i64::from(p.latest_version) => Err(OpError::user(
+                "requested version for encryption is higher than the latest key version",
+            )),
+            v if v < i64::from(p.min_encryption_version) => Err(OpError::user(
+                "requested version for encryption is less than the minimum encryption key version",
+            )),
             v => Ok(v),
         }
     }
 
     /// Encrypts `plaintext`; returns the `vault:v<N>:...` string.
-    pub fn encrypt(&self, ver: i64, context: &[u8], plaintext: &[u8], aad: &[u8]) -> std::result::Result<String, OpError> {
+    pub fn encrypt(
+        &self,
+        ver: i64,
+        context: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> std::result::Result<String, OpError> {
         let t = self.stored.key_type;
         if !t.encryption_supported() {
-            return Err(OpError::User(format!("message encryption not supported for key type {}", t.name())));
+            return Err(OpError::User(format!(
+                "message encryption not supported for key type {}",
+                t.name()
+            )));
         }
         let ver = self.encryption_version(ver)?;
         let m = self.material(ver)?;
@@ -558,13 +621,18 @@ impl Policy {
             _ => return Err(OpError::Internal(format!("unsupported key type {}", t.name()))),
         };
         let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| OpError::Internal("random source failed".into()))?;
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| OpError::Internal("random source failed".into()))?;
         let tag_len = key.algorithm().tag_len();
         let mut buf = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(plaintext);
         let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf[NONCE_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[NONCE_LEN..],
+            )
             .map_err(|_| OpError::Internal("encryption failed".into()))?;
         buf.extend_from_slice(tag.as_ref());
         let mut out = String::with_capacity(16 + buf.len() * 4 / 3 + 4);
@@ -576,10 +644,18 @@ impl Policy {
     }
 
     /// Decrypts a `vault:v<N>:...` string.
-    pub fn decrypt(&self, value: &str, context: &[u8], aad: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
+    pub fn decrypt(
+        &self,
+        value: &str,
+        context: &[u8],
+        aad: &[u8],
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, OpError> {
         let t = self.stored.key_type;
         if !t.encryption_supported() {
-            return Err(OpError::User(format!("message decryption not supported for key type {}", t.name())));
+            return Err(OpError::User(format!(
+                "message decryption not supported for key type {}",
+                t.name()
+            )));
         }
         let (mut ver, body) = split_versioned(value, "ciphertext")?;
         if ver == 0 {
@@ -588,11 +664,14 @@ impl Policy {
         if ver > i64::from(self.stored.latest_version) {
             return Err(OpError::user("invalid ciphertext: version is too new"));
         }
-        if self.stored.min_decryption_version > 0 && ver < i64::from(self.stored.min_decryption_version) {
+        if self.stored.min_decryption_version > 0
+            && ver < i64::from(self.stored.min_decryption_version)
+        {
             return Err(OpError::user(ERR_TOO_OLD));
         }
         let mut decoded = Zeroizing::new(
-            super::fields::b64_decode(body).map_err(|_| OpError::user("invalid ciphertext: could not decode base64"))?,
+            super::fields::b64_decode(body)
+                .map_err(|_| OpError::user("invalid ciphertext: could not decode base64"))?,
         );
         let m = self.material(ver)?;
         let derived = self.derived_key(m, context)?;
@@ -607,7 +686,11 @@ impl Policy {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&decoded[..NONCE_LEN]);
         let plain_len = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut decoded[NONCE_LEN..])
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut decoded[NONCE_LEN..],
+            )
             .map_err(|_| OpError::user(t.open_error()))?
             .len();
         let mut out = Zeroizing::new(Vec::with_capacity(plain_len));
@@ -616,16 +699,25 @@ impl Policy {
     }
 
     /// Signs `input` (already hashed for ECDSA). Returns the signature string and the version.
-    pub fn sign(&self, ver: i64, input: &[u8], marshaling: Marshaling) -> std::result::Result<(String, i64), OpError> {
+    pub fn sign(
+        &self,
+        ver: i64,
+        input: &[u8],
+        marshaling: Marshaling,
+    ) -> std::result::Result<(String, i64), OpError> {
         let p = &self.stored;
         let ver = match ver {
             0 => i64::from(p.latest_version),
             v if v < 0 => return Err(OpError::user("requested version for signing is negative")),
             v if v > i64::from(p.latest_version) => {
-                return Err(OpError::user("requested version for signing is higher than the latest key version"))
+                return Err(OpError::user(
+                    "requested version for signing is higher than the latest key version",
+                ))
             }
             v if p.min_encryption_version > 0 && v < i64::from(p.min_encryption_version) => {
-                return Err(OpError::user("requested version for signing is less than the minimum encryption key version"))
+                return Err(OpError::user(
+                    "requested version for signing is less than the minimum encryption key version",
+                ))
             }
             v => v,
         };
@@ -635,45 +727,73 @@ impl Policy {
             Crypto::Ecdsa(kp) => {
                 let d = p256_digest(input)?;
                 match marshaling {
-                    Marshaling::Asn1 => {
-                        kp.sign_digest(&d).map_err(|_| OpError::Internal("signing failed".into()))?.as_ref().to_vec()
-                    }
+                    Marshaling::Asn1 => kp
+                        .sign_digest(&d)
+                        .map_err(|_| OpError::Internal("signing failed".into()))?
+                        .as_ref()
+                        .to_vec(),
                     Marshaling::Jws => {
-                        let pkcs8 = m.pkcs8.as_ref().ok_or_else(|| OpError::Internal("signing failed".into()))?;
-                        let fixed = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-                            .map_err(|_| OpError::Internal("signing failed".into()))?;
-                        fixed.sign_digest(&d).map_err(|_| OpError::Internal("signing failed".into()))?.as_ref().to_vec()
+                        let pkcs8 = m
+                            .pkcs8
+                            .as_ref()
+                            .ok_or_else(|| OpError::Internal("signing failed".into()))?;
+                        let fixed = EcdsaKeyPair::from_pkcs8(
+                            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                            pkcs8,
+                        )
+                        .map_err(|_| OpError::Internal("signing failed".into()))?;
+                        fixed
+                            .sign_digest(&d)
+                            .map_err(|_| OpError::Internal("signing failed".into()))?
+                            .as_ref()
+                            .to_vec()
                     }
                 }
             }
             Crypto::Aead(_) => {
-                return Err(OpError::Internal(format!("message signing not supported for key type {}", p.key_type.name())))
+                return Err(OpError::Internal(format!(
+                    "message signing not supported for key type {}",
+                    p.key_type.name()
+                )))
             }
         };
         let encoded = match marshaling {
-            Marshaling::Jws => base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sig),
+            Marshaling::Jws => {
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sig)
+            }
             Marshaling::Asn1 => b64_encode(&sig),
         };
         Ok((format!("{PREFIX}{ver}:{encoded}"), ver))
     }
 
     /// Verifies a `vault:v<N>:...` signature over `input` (already hashed for ECDSA).
-    pub fn verify(&self, input: &[u8], sig: &str, marshaling: Marshaling) -> std::result::Result<bool, OpError> {
+    pub fn verify(
+        &self,
+        input: &[u8],
+        sig: &str,
+        marshaling: Marshaling,
+    ) -> std::result::Result<bool, OpError> {
         let t = self.stored.key_type;
         if !t.signing_supported() {
-            return Err(OpError::User(format!("message verification not supported for key type {}", t.name())));
+            return Err(OpError::User(format!(
+                "message verification not supported for key type {}",
+                t.name()
+            )));
         }
         let (ver, body) = split_versioned(sig, "signature")?;
         if ver > i64::from(self.stored.latest_version) {
             return Err(OpError::user("invalid signature: version is too new"));
         }
-        if self.stored.min_decryption_version > 0 && ver < i64::from(self.stored.min_decryption_version) {
+        if self.stored.min_decryption_version > 0
+            && ver < i64::from(self.stored.min_decryption_version)
+        {
             return Err(OpError::user(ERR_TOO_OLD));
         }
         let sig_bytes = match marshaling {
             Marshaling::Asn1 => super::fields::b64_decode(body).map_err(|_| ()),
             Marshaling::Jws => {
-                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, body).map_err(|_| ())
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, body)
+                    .map_err(|_| ())
             }
         }
         .map_err(|_| OpError::user("invalid base64 signature value"))?;
@@ -689,12 +809,16 @@ impl Policy {
                     Marshaling::Asn1 => &signature::ECDSA_P256_SHA256_ASN1,
                     Marshaling::Jws => &signature::ECDSA_P256_SHA256_FIXED,
                 };
-                Ok(UnparsedPublicKey::new(alg, kp.public_key().as_ref()).verify_digest(&d, &sig_bytes).is_ok())
+                Ok(UnparsedPublicKey::new(alg, kp.public_key().as_ref())
+                    .verify_digest(&d, &sig_bytes)
+                    .is_ok())
             }
             KeyType::Ed25519 => {
                 let m = self.material(ver)?;
                 let Crypto::Ed25519(kp) = &m.crypto else { return Ok(false) };
-                Ok(UnparsedPublicKey::new(&signature::ED25519, kp.public_key().as_ref()).verify(input, &sig_bytes).is_ok())
+                Ok(UnparsedPublicKey::new(&signature::ED25519, kp.public_key().as_ref())
+                    .verify(input, &sig_bytes)
+                    .is_ok())
             }
             _ => Ok(false),
         }
@@ -706,7 +830,10 @@ impl Policy {
             return Err("key version does not exist (cannot be negative)".into());
         }
         if ver > i64::from(self.stored.latest_version) {
-            return Err(format!("key version does not exist; latest key version is {}", self.stored.latest_version));
+            return Err(format!(
+                "key version does not exist; latest key version is {}",
+                self.stored.latest_version
+            ));
         }
         self.material(ver).map(|m| m.hmac_key.as_slice()).map_err(|e| e.message().to_string())
     }
@@ -719,7 +846,10 @@ mod tests {
     #[test]
     fn versioned_parsing() {
         assert_eq!(split_versioned("vault:v3:abc", "ciphertext").unwrap(), (3, "abc"));
-        assert_eq!(split_versioned("nope", "ciphertext").unwrap_err().message(), "invalid ciphertext: no prefix");
+        assert_eq!(
+            split_versioned("nope", "ciphertext").unwrap_err().message(),
+            "invalid ciphertext: no prefix"
+        );
         assert_eq!(
             split_versioned("vault:v3", "signature").unwrap_err().message(),
             "invalid signature: wrong number of fields"
@@ -743,16 +873,23 @@ mod tests {
     #[test]
     fn der_checks() {
         assert!(check_ecdsa_der(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02]).is_ok());
-        assert_eq!(check_ecdsa_der(&[0, 0, 0]).unwrap_err().message(), "supplied signature is invalid");
         assert_eq!(
-            check_ecdsa_der(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02, 0x00]).unwrap_err().message(),
+            check_ecdsa_der(&[0, 0, 0]).unwrap_err().message(),
+            "supplied signature is invalid"
+        );
+        assert_eq!(
+            check_ecdsa_der(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02, 0x00])
+                .unwrap_err()
+                .message(),
             "supplied signature contains extra data"
         );
     }
 
     #[test]
     fn stored_round_trip_and_pem() {
-        for t in [KeyType::Aes256Gcm96, KeyType::ChaCha20Poly1305, KeyType::Ed25519, KeyType::EcdsaP256] {
+        for t in
+            [KeyType::Aes256Gcm96, KeyType::ChaCha20Poly1305, KeyType::Ed25519, KeyType::EcdsaP256]
+        {
             let mut p = StoredPolicy::generate("k", t).unwrap();
             p.rotate().unwrap();
             let back = StoredPolicy::from_bytes(&p.to_bytes().unwrap()).unwrap();
@@ -762,7 +899,10 @@ mod tests {
         }
         let p = StoredPolicy::generate("k", KeyType::EcdsaP256).unwrap();
         let pk = &p.keys[&1].public_key;
-        assert!(pk.starts_with("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"), "{pk}");
+        assert!(
+            pk.starts_with("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"),
+            "{pk}"
+        );
         assert!(pk.ends_with("\n-----END PUBLIC KEY-----\n"));
     }
 }

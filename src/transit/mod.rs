@@ -111,7 +111,11 @@ struct CipherItem {
     decoded_context: Vec<u8>,
 }
 
-fn decode_cipher_items(raw: &Value, require_plaintext: bool, require_ciphertext: bool) -> Result<Vec<CipherItem>> {
+fn decode_cipher_items(
+    raw: &Value,
+    require_plaintext: bool,
+    require_ciphertext: bool,
+) -> Result<Vec<CipherItem>> {
     let Value::Array(items) = raw else {
         return Err(multierror(format!(
             "failed to parse batch input: source data must be an array or slice, got {}",
@@ -122,7 +126,10 @@ fn decode_cipher_items(raw: &Value, require_plaintext: bool, require_ciphertext:
     let mut errs = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Value::Object(m) = item else {
-            return Err(multierror(format!("failed to parse batch input: [{i}] expected a map, got '{}'", go_type_name(item))));
+            return Err(multierror(format!(
+                "failed to parse batch input: [{i}] expected a map, got '{}'",
+                go_type_name(item)
+            )));
         };
         let mut it = CipherItem::default();
         let string = |key: &str, slot: &mut String, errs: &mut Vec<String>| match m.get(key) {
@@ -146,7 +153,9 @@ fn decode_cipher_items(raw: &Value, require_plaintext: bool, require_ciphertext:
                 "'[{i}].plaintext' expected type 'string', got unconvertible type '{}'",
                 go_type_name(other)
             )),
-            None if require_plaintext => errs.push(format!("'[{i}].plaintext' missing plaintext to encrypt")),
+            None if require_plaintext => {
+                errs.push(format!("'[{i}].plaintext' missing plaintext to encrypt"))
+            }
             None => {}
         }
         match m.get("key_version") {
@@ -181,7 +190,10 @@ fn decode_string_items(raw: &Value) -> Result<Vec<HashMap<String, String>>> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(m) = item else {
-            return Err(multierror(format!("failed to parse batch input: '[{i}]' expected a map, got '{}'", go_type_name(item))));
+            return Err(multierror(format!(
+                "failed to parse batch input: '[{i}]' expected a map, got '{}'",
+                go_type_name(item)
+            )));
         };
         let mut map = HashMap::new();
         for (k, v) in m {
@@ -224,7 +236,11 @@ fn obj(v: Value) -> Map<String, Value> {
 
 impl Transit {
     pub fn new(view: View) -> Self {
-        Transit { view, cache: RwLock::new(HashMap::new()), stripes: (0..STRIPES).map(|_| Mutex::new(())).collect() }
+        Transit {
+            view,
+            cache: RwLock::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
     }
 
     fn stripe(&self, name: &str) -> &Mutex<()> {
@@ -296,7 +312,12 @@ impl Transit {
     }
 
     /// Returns the key, creating it with `key_type` if it does not exist (`upserted` = created).
-    async fn get_or_create(&self, name: &str, key_type: KeyType, derived: bool) -> Result<(Arc<Policy>, bool)> {
+    async fn get_or_create(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        derived: bool,
+    ) -> Result<(Arc<Policy>, bool)> {
         if let Some(p) = self.cached(name) {
             return Ok((p, false));
         }
@@ -367,7 +388,9 @@ impl Transit {
             return Err(user("exportable keys are not supported by vaultd"));
         }
         if backup {
-            return Err(user("plaintext backups (allow_plaintext_backup=true) are not supported by vaultd"));
+            return Err(user(
+                "plaintext backups (allow_plaintext_backup=true) are not supported by vaultd",
+            ));
         }
         let _g = self.stripe(name).lock().await;
         if let Some(p) = self.load_locked(name).await? {
@@ -384,10 +407,14 @@ impl Transit {
     async fn delete_key(&self, name: &str) -> Result<Option<Response>> {
         let _g = self.stripe(name).lock().await;
         let Some(p) = self.load_locked(name).await? else {
-            return Err(user(format!("error deleting policy {name}: could not delete key; not found")));
+            return Err(user(format!(
+                "error deleting policy {name}: could not delete key; not found"
+            )));
         };
         if !p.stored.deletion_allowed {
-            return Err(user(format!("error deleting policy {name}: deletion is not allowed for this key")));
+            return Err(user(format!(
+                "error deleting policy {name}: deletion is not allowed for this key"
+            )));
         }
         self.view.delete(&format!("policy/{name}")).await?;
         self.cache_remove(name);
@@ -469,7 +496,9 @@ impl Transit {
             return Err(user("exportable keys are not supported by vaultd"));
         }
         if backup == Some(true) && !s.allow_plaintext_backup {
-            return Err(user("plaintext backups (allow_plaintext_backup=true) are not supported by vaultd"));
+            return Err(user(
+                "plaintext backups (allow_plaintext_backup=true) are not supported by vaultd",
+            ));
         }
         if let Some(secs) = auto_rotate {
             if secs != 0 && secs < 3600 {
@@ -518,7 +547,9 @@ impl Transit {
         let context_set = !items[0].context.is_empty();
         for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
-                return Err(user("context should be set either in all the request blocks or in none"));
+                return Err(user(
+                    "context should be set either in all the request blocks or in none",
+                ));
             }
             match b64_decode(&item.plaintext) {
                 Err(e) => {
@@ -552,7 +583,9 @@ impl Transit {
                     other => match KeyType::parse(other).filter(|t| t.encryption_supported()) {
                         Some(t) => t,
                         None if other == "xchacha20-poly1305" => {
-                            return Err(user(format!("key type {other} is not supported by vaultd")))
+                            return Err(user(format!(
+                                "key type {other} is not supported by vaultd"
+                            )))
                         }
                         None => return Err(user(format!("unknown key type {kt}"))),
                     },
@@ -590,10 +623,19 @@ impl Transit {
                 }
             };
             let pt = decoded[i].as_deref().map(Vec::as_slice).unwrap_or_default();
-            match p.encrypt(item.key_version, &item.decoded_context, pt, aad.as_deref().unwrap_or_default()) {
+            match p.encrypt(
+                item.key_version,
+                &item.decoded_context,
+                pt,
+                aad.as_deref().unwrap_or_default(),
+            ) {
                 Ok(ct) => {
                     outcome.success = true;
-                    let ver = if item.key_version == 0 { i64::from(p.stored.latest_version) } else { item.key_version };
+                    let ver = if item.key_version == 0 {
+                        i64::from(p.stored.latest_version)
+                    } else {
+                        item.key_version
+                    };
                     results[i] = Ok((ct, ver));
                 }
                 Err(e) => {
@@ -626,7 +668,9 @@ impl Transit {
             return outcome.finish(&f, resp).map(Some);
         }
         match results.pop() {
-            Some(Ok((ct, ver))) => Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver })))),
+            Some(Ok((ct, ver))) => {
+                Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver }))))
+            }
             Some(Err(OpError::Internal(m))) => Err(multierror(m)),
             Some(Err(OpError::User(m))) => Err(user(m)),
             None => Err(Error::internal("no result")),
@@ -659,11 +703,14 @@ impl Transit {
         };
         let mut items = items;
         let context_set = !items[0].context.is_empty();
-        let mut results: Vec<std::result::Result<Zeroizing<Vec<u8>>, OpError>> = Vec::with_capacity(items.len());
+        let mut results: Vec<std::result::Result<Zeroizing<Vec<u8>>, OpError>> =
+            Vec::with_capacity(items.len());
         let mut outcome = BatchOutcome::default();
         for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
-                return Err(user("context should be set either in all the request blocks or in none"));
+                return Err(user(
+                    "context should be set either in all the request blocks or in none",
+                ));
             }
             if item.ciphertext.is_empty() {
                 outcome.user_error = true;
@@ -682,7 +729,9 @@ impl Transit {
             }
             results.push(Ok(Zeroizing::new(Vec::new())));
         }
-        let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("encryption key not found"));
+        };
         for (i, item) in items.iter().enumerate() {
             if results[i].is_err() {
                 continue;
@@ -702,7 +751,11 @@ impl Transit {
                     }
                 }
             };
-            match p.decrypt(&item.ciphertext, &item.decoded_context, aad.as_deref().unwrap_or_default()) {
+            match p.decrypt(
+                &item.ciphertext,
+                &item.decoded_context,
+                aad.as_deref().unwrap_or_default(),
+            ) {
                 Ok(pt) => {
                     outcome.success = true;
                     results[i] = Ok(pt);
@@ -769,10 +822,13 @@ impl Transit {
         };
         let mut items = items;
         let context_set = !items[0].context.is_empty();
-        let mut results: Vec<std::result::Result<(String, i64), String>> = Vec::with_capacity(items.len());
+        let mut results: Vec<std::result::Result<(String, i64), String>> =
+            Vec::with_capacity(items.len());
         for item in items.iter_mut() {
             if item.context.is_empty() == context_set {
-                return Err(user("context should be set either in all the request blocks or in none"));
+                return Err(user(
+                    "context should be set either in all the request blocks or in none",
+                ));
             }
             if item.ciphertext.is_empty() {
                 results.push(Err("missing ciphertext to decrypt".into()));
@@ -789,7 +845,9 @@ impl Transit {
             }
             results.push(Ok((String::new(), 0)));
         }
-        let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("encryption key not found"));
+        };
         for (i, item) in items.iter().enumerate() {
             if results[i].is_err() {
                 continue;
@@ -804,7 +862,11 @@ impl Transit {
             };
             match p.encrypt(item.key_version, &item.decoded_context, &pt, &[]) {
                 Ok(ct) => {
-                    let ver = if item.key_version == 0 { i64::from(p.stored.latest_version) } else { item.key_version };
+                    let ver = if item.key_version == 0 {
+                        i64::from(p.stored.latest_version)
+                    } else {
+                        item.key_version
+                    };
                     results[i] = Ok((ct, ver));
                 }
                 Err(OpError::User(m)) => results[i] = Err(m),
@@ -833,7 +895,9 @@ impl Transit {
             return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
         }
         match results.pop() {
-            Some(Ok((ct, ver))) => Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver })))),
+            Some(Ok((ct, ver))) => {
+                Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver }))))
+            }
             Some(Err(m)) => Err(user(m)),
             None => Err(Error::internal("no result")),
         }
@@ -854,7 +918,9 @@ impl Transit {
         } else {
             b64_decode(&context).map_err(|_| user("failed to base64-decode context"))?
         };
-        let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("encryption key not found"));
+        };
         let len = match bits {
             512 => 64,
             256 => 32,
@@ -868,7 +934,9 @@ impl Transit {
             None
         } else {
             Some(b64_decode(&ad).map_err(|e| {
-                multierror(format!("unable to get associated_data/additional_data from factory[0]: {e}"))
+                multierror(format!(
+                    "unable to get associated_data/additional_data from factory[0]: {e}"
+                ))
             })?)
         };
         let ct = match p.encrypt(ver, &context, &key, aad.as_deref().unwrap_or_default()) {
@@ -899,7 +967,12 @@ impl Transit {
     }
 
     /// Hashes `input` for a key type that signs digests; `None` when the input is used as is.
-    fn prepare_input(p: &Policy, input: Vec<u8>, alg: Option<&'static aws_lc_rs::digest::Algorithm>, prehashed: bool) -> Vec<u8> {
+    fn prepare_input(
+        p: &Policy,
+        input: Vec<u8>,
+        alg: Option<&'static aws_lc_rs::digest::Algorithm>,
+        prehashed: bool,
+    ) -> Vec<u8> {
         match alg {
             Some(alg) if p.stored.key_type.hash_signature_input() && !prehashed => {
                 aws_lc_rs::digest::digest(alg, &input).as_ref().to_vec()
@@ -908,11 +981,17 @@ impl Transit {
         }
     }
 
-    async fn sign(&self, req: &Request, name: &str, url_alg: Option<&str>) -> Result<Option<Response>> {
+    async fn sign(
+        &self,
+        req: &Request,
+        name: &str,
+        url_alg: Option<&str>,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let ver = f.int("key_version")?.unwrap_or(0);
         let hash_name = Self::hash_name(&f, url_alg)?;
-        let alg = keys::digest_alg(&hash_name).map_err(|_| user(format!("invalid hash algorithm \"{hash_name}\"")))?;
+        let alg = keys::digest_alg(&hash_name)
+            .map_err(|_| user(format!("invalid hash algorithm \"{hash_name}\"")))?;
         let marshaling_name = f.string("marshaling_algorithm")?;
         let marshaling = Marshaling::parse(&marshaling_name)
             .ok_or_else(|| user(format!("invalid marshaling type \"{marshaling_name}\"")))?;
@@ -924,7 +1003,9 @@ impl Transit {
             return Err(user(format!("key type {} does not support signing", kt.name())));
         }
         if hash_name == "none" && (!prehashed || sig_alg != "pkcs1v15") {
-            return Err(user("hash_algorithm=none requires both prehashed=true and signature_algorithm=pkcs1v15"));
+            return Err(user(
+                "hash_algorithm=none requires both prehashed=true and signature_algorithm=pkcs1v15",
+            ));
         }
         if alg.is_none() && kt.hash_signature_input() && !prehashed {
             return Err(user(format!("hash algorithm {hash_name} is not supported by vaultd")));
@@ -946,7 +1027,8 @@ impl Transit {
             }
         };
         // (signature, version) or (error text, is a bare error rather than an error response).
-        let mut results: Vec<std::result::Result<(String, i64), (String, bool)>> = Vec::with_capacity(items.len());
+        let mut results: Vec<std::result::Result<(String, i64), (String, bool)>> =
+            Vec::with_capacity(items.len());
         for item in &items {
             let Some(raw) = item.get("input") else {
                 results.push(Err(("missing input".into(), false)));
@@ -966,7 +1048,8 @@ impl Transit {
                     continue;
                 }
             }
-            results.push(p.sign(ver, &input, marshaling).map_err(|e| (e.message().to_string(), true)));
+            results
+                .push(p.sign(ver, &input, marshaling).map_err(|e| (e.message().to_string(), true)));
         }
         if batch.is_some() {
             let out: Vec<Value> = results
@@ -984,14 +1067,19 @@ impl Transit {
                             m.insert("error".into(), Value::String(e));
                         }
                     }
-                    m.insert("reference".into(), Value::String(item.get("reference").cloned().unwrap_or_default()));
+                    m.insert(
+                        "reference".into(),
+                        Value::String(item.get("reference").cloned().unwrap_or_default()),
+                    );
                     Value::Object(m)
                 })
                 .collect();
             return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
         }
         match results.pop() {
-            Some(Ok((sig, v))) => Ok(Some(Response::from_value(json!({ "key_version": v, "signature": sig })))),
+            Some(Ok((sig, v))) => {
+                Ok(Some(Response::from_value(json!({ "key_version": v, "signature": sig }))))
+            }
             // Vault returns signing failures as a bare error: 500, wrapped.
             Some(Err((m, true))) => Err(multierror(m)),
             Some(Err((m, false))) => Err(user(m)),
@@ -999,7 +1087,12 @@ impl Transit {
         }
     }
 
-    async fn verify(&self, req: &Request, name: &str, url_alg: Option<&str>) -> Result<Option<Response>> {
+    async fn verify(
+        &self,
+        req: &Request,
+        name: &str,
+        url_alg: Option<&str>,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let batch = f.raw("batch_input");
         let items = match batch {
@@ -1041,7 +1134,9 @@ impl Transit {
             return Err(user("neither a 'signature' nor an 'hmac' were given to verify"));
         }
         if sig_found && hmac_found {
-            return Err(user("elements of batch_input must all provide 'signature' or all provide 'hmac'"));
+            return Err(user(
+                "elements of batch_input must all provide 'signature' or all provide 'hmac'",
+            ));
         }
         if missing && sig_found {
             return Err(user("some elements of batch_input are missing 'signature'"));
@@ -1057,19 +1152,24 @@ impl Transit {
         }
 
         let hash_name = Self::hash_name(&f, url_alg)?;
-        let alg = keys::digest_alg(&hash_name).map_err(|_| user(format!("invalid hash algorithm \"{hash_name}\"")))?;
+        let alg = keys::digest_alg(&hash_name)
+            .map_err(|_| user(format!("invalid hash algorithm \"{hash_name}\"")))?;
         let marshaling_name = f.string("marshaling_algorithm")?;
         let marshaling = Marshaling::parse(&marshaling_name)
             .ok_or_else(|| user(format!("invalid marshaling type \"{marshaling_name}\"")))?;
         let prehashed = f.bool("prehashed")?.unwrap_or(false);
         let sig_alg = f.string("signature_algorithm")?;
-        let Some(p) = self.policy(name).await? else { return Err(user("signature verification key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("signature verification key not found"));
+        };
         let kt = p.stored.key_type;
         if !kt.signing_supported() {
             return Err(user(format!("key type {} does not support verification", kt.name())));
         }
         if hash_name == "none" && (!prehashed || sig_alg != "pkcs1v15") {
-            return Err(user("hash_algorithm=none requires both prehashed=true and signature_algorithm=pkcs1v15"));
+            return Err(user(
+                "hash_algorithm=none requires both prehashed=true and signature_algorithm=pkcs1v15",
+            ));
         }
         if alg.is_none() && kt.hash_signature_input() && !prehashed {
             return Err(user(format!("hash algorithm {hash_name} is not supported by vaultd")));
@@ -1115,7 +1215,10 @@ impl Transit {
                             m.insert("error".into(), Value::String(e));
                         }
                     }
-                    m.insert("reference".into(), Value::String(item.get("reference").cloned().unwrap_or_default()));
+                    m.insert(
+                        "reference".into(),
+                        Value::String(item.get("reference").cloned().unwrap_or_default()),
+                    );
                     Value::Object(m)
                 })
                 .collect();
@@ -1128,27 +1231,38 @@ impl Transit {
         }
     }
 
-    async fn hmac(&self, req: &Request, name: &str, url_alg: Option<&str>) -> Result<Option<Response>> {
+    async fn hmac(
+        &self,
+        req: &Request,
+        name: &str,
+        url_alg: Option<&str>,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let mut ver = f.int("key_version")?.unwrap_or(0);
         let alg_name = match url_alg.filter(|a| !a.is_empty()) {
             Some(a) => a.to_string(),
             None => f.str("algorithm")?.unwrap_or_else(|| "sha2-256".into()),
         };
-        let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("encryption key not found"));
+        };
         let s = &p.stored;
         if ver == 0 {
             ver = i64::from(s.latest_version);
-        } else if ver != i64::from(s.latest_version) && s.min_encryption_version > 0 && ver < i64::from(s.min_encryption_version)
+        } else if ver != i64::from(s.latest_version)
+            && s.min_encryption_version > 0
+            && ver < i64::from(s.min_encryption_version)
         {
             return Err(user("cannot generate HMAC: version is too old (disallowed by policy)"));
         }
         let key = p.hmac_key(ver).map_err(user)?;
         let alg = match keys::hmac_alg(&alg_name) {
             Ok(Some(a)) => a,
-            Ok(None) => return Err(user(format!("HMAC algorithm {alg_name} is not supported by vaultd"))),
+            Ok(None) => {
+                return Err(user(format!("HMAC algorithm {alg_name} is not supported by vaultd")))
+            }
             // Vault formats the (zero) hash type here, not the name.
-            Err(()) => return Err(user("unsupported algorithm '\\x00'")),
+            Err(keys::UnknownAlgorithm) => return Err(user("unsupported algorithm '\\x00'")),
         };
         let hkey = aws_lc_rs::hmac::Key::new(alg, key);
         let batch = f.raw("batch_input");
@@ -1161,7 +1275,9 @@ impl Transit {
                 items
             }
             None => {
-                let Some(input) = f.str("input")? else { return Err(user("missing input for HMAC")) };
+                let Some(input) = f.str("input")? else {
+                    return Err(user("missing input for HMAC"));
+                };
                 let mut m = HashMap::new();
                 m.insert("input".to_string(), input);
                 vec![m]
@@ -1171,7 +1287,8 @@ impl Transit {
             .iter()
             .map(|item| {
                 let raw = item.get("input").ok_or_else(|| "missing input for HMAC".to_string())?;
-                let input = b64_decode(raw).map_err(|e| format!("unable to decode input as base64: {e}"))?;
+                let input = b64_decode(raw)
+                    .map_err(|e| format!("unable to decode input as base64: {e}"))?;
                 let tag = aws_lc_rs::hmac::sign(&hkey, &input);
                 Ok(format!("vault:v{ver}:{}", b64_encode(tag.as_ref())))
             })
@@ -1186,7 +1303,10 @@ impl Transit {
                         Ok(h) => m.insert("hmac".into(), Value::String(h)),
                         Err(e) => m.insert("error".into(), Value::String(e)),
                     };
-                    m.insert("reference".into(), Value::String(item.get("reference").cloned().unwrap_or_default()));
+                    m.insert(
+                        "reference".into(),
+                        Value::String(item.get("reference").cloned().unwrap_or_default()),
+                    );
                     Value::Object(m)
                 })
                 .collect();
@@ -1208,29 +1328,44 @@ impl Transit {
         single: bool,
     ) -> Result<Option<Response>> {
         let alg_name = Self::hash_name(f, url_alg)?;
-        let Some(p) = self.policy(name).await? else { return Err(user("encryption key not found")) };
+        let Some(p) = self.policy(name).await? else {
+            return Err(user("encryption key not found"));
+        };
         let alg = match keys::hmac_alg(&alg_name) {
             Ok(Some(a)) => a,
-            Ok(None) => return Err(user(format!("HMAC algorithm {alg_name} is not supported by vaultd"))),
-            Err(()) => return Err(user(format!("invalid hash algorithm \"{alg_name}\""))),
+            Ok(None) => {
+                return Err(user(format!("HMAC algorithm {alg_name} is not supported by vaultd")))
+            }
+            Err(keys::UnknownAlgorithm) => {
+                return Err(user(format!("invalid hash algorithm \"{alg_name}\"")))
+            }
         };
         let s = &p.stored;
         let results: Vec<std::result::Result<bool, String>> = items
             .iter()
             .map(|item| {
                 let raw = item.get("input").ok_or_else(|| "missing input".to_string())?;
-                let input = b64_decode(raw).map_err(|e| format!("unable to decode input as base64: {e}"))?;
+                let input = b64_decode(raw)
+                    .map_err(|e| format!("unable to decode input as base64: {e}"))?;
                 let given = item.get("hmac").ok_or_else(|| "missing hmac".to_string())?;
-                let rest = given.strip_prefix("vault:v").ok_or_else(|| "invalid HMAC to verify: no prefix".to_string())?;
-                let (v, body) = rest.split_once(':').ok_or_else(|| "invalid HMAC: wrong number of fields".to_string())?;
-                let ver = keys::parse_go_int(v).ok_or_else(|| "invalid HMAC: version number could not be decoded".to_string())?;
-                let given_mac =
-                    b64_decode(body).map_err(|e| format!("unable to decode verification HMAC as base64: {e}"))?;
+                let rest = given
+                    .strip_prefix("vault:v")
+                    .ok_or_else(|| "invalid HMAC to verify: no prefix".to_string())?;
+                let (v, body) = rest
+                    .split_once(':')
+                    .ok_or_else(|| "invalid HMAC: wrong number of fields".to_string())?;
+                let ver = keys::parse_go_int(v).ok_or_else(|| {
+                    "invalid HMAC: version number could not be decoded".to_string()
+                })?;
+                let given_mac = b64_decode(body)
+                    .map_err(|e| format!("unable to decode verification HMAC as base64: {e}"))?;
                 if ver > i64::from(s.latest_version) {
                     return Err("invalid HMAC: version is too new".into());
                 }
                 if s.min_decryption_version > 0 && ver < i64::from(s.min_decryption_version) {
-                    return Err("cannot verify HMAC: version is too old (disallowed by policy)".into());
+                    return Err(
+                        "cannot verify HMAC: version is too old (disallowed by policy)".into()
+                    );
                 }
                 let key = p.hmac_key(ver)?;
                 let hkey = aws_lc_rs::hmac::Key::new(alg, key);
@@ -1253,7 +1388,10 @@ impl Transit {
                             m.insert("error".into(), Value::String(e));
                         }
                     }
-                    m.insert("reference".into(), Value::String(item.get("reference").cloned().unwrap_or_default()));
+                    m.insert(
+                        "reference".into(),
+                        Value::String(item.get("reference").cloned().unwrap_or_default()),
+                    );
                     Value::Object(m)
                 })
                 .collect();
@@ -1268,7 +1406,11 @@ impl Transit {
 
     // --- random ----------------------------------------------------------------------------
 
-    fn random(req: &Request, source: Option<&str>, url_bytes: Option<&str>) -> Result<Option<Response>> {
+    fn random(
+        req: &Request,
+        source: Option<&str>,
+        url_bytes: Option<&str>,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let is_source = |s: &str| matches!(s, "" | "platform" | "seal" | "all");
         let parse_count = |s: &str| {
@@ -1289,7 +1431,9 @@ impl Transit {
             return Err(user(format!("'bytes' should be less than {RANDOM_MAX_BYTES}")));
         }
         if format != "hex" && format != "base64" {
-            return Err(user(format!("unsupported encoding format \"{format}\"; must be \"hex\" or \"base64\"")));
+            return Err(user(format!(
+                "unsupported encoding format \"{format}\"; must be \"hex\" or \"base64\""
+            )));
         }
         let mut warnings = Vec::new();
         match source.as_str() {
@@ -1322,7 +1466,9 @@ impl LogicalBackend for Transit {
                 _ => Err(Error::UnsupportedOperation),
             },
             ["keys", _] if named(1).is_some() => match op {
-                Operation::Read => Ok(self.policy(parts[1]).await?.map(|p| Self::key_response(&p.stored))),
+                Operation::Read => {
+                    Ok(self.policy(parts[1]).await?.map(|p| Self::key_response(&p.stored)))
+                }
                 Operation::Update => self.create_key(req, parts[1]).await,
                 Operation::Delete => self.delete_key(parts[1]).await,
                 _ => Err(Error::UnsupportedOperation),
@@ -1335,19 +1481,26 @@ impl LogicalBackend for Transit {
                 Operation::Update => self.config_key(req, parts[1]).await,
                 _ => Err(Error::UnsupportedOperation),
             },
-            [verb @ ("encrypt" | "decrypt" | "rewrap"), _] if named(1).is_some() => match (op, *verb) {
-                (Operation::Update, "encrypt") => self.encrypt(req, parts[1]).await,
-                (Operation::Update, "decrypt") => self.decrypt(req, parts[1]).await,
-                (Operation::Update, _) => self.rewrap(req, parts[1]).await,
-                _ => Err(Error::UnsupportedOperation),
-            },
-            ["datakey", kind, _] if named(2).is_some() && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            [verb @ ("encrypt" | "decrypt" | "rewrap"), _] if named(1).is_some() => {
+                match (op, *verb) {
+                    (Operation::Update, "encrypt") => self.encrypt(req, parts[1]).await,
+                    (Operation::Update, "decrypt") => self.decrypt(req, parts[1]).await,
+                    (Operation::Update, _) => self.rewrap(req, parts[1]).await,
+                    _ => Err(Error::UnsupportedOperation),
+                }
+            }
+            ["datakey", kind, _]
+                if named(2).is_some()
+                    && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
                 match op {
                     Operation::Update => self.datakey(req, kind, parts[2]).await,
                     _ => Err(Error::UnsupportedOperation),
                 }
             }
-            [verb @ ("sign" | "verify" | "hmac"), _, rest @ ..] if named(1).is_some() && rest.len() <= 1 => {
+            [verb @ ("sign" | "verify" | "hmac"), _, rest @ ..]
+                if named(1).is_some() && rest.len() <= 1 =>
+            {
                 let alg = rest.first().copied();
                 if alg.is_some_and(|a| a.is_empty()) {
                     return Err(Error::UnsupportedPath);
@@ -1359,10 +1512,14 @@ impl LogicalBackend for Transit {
                     _ => Err(Error::UnsupportedOperation),
                 }
             }
-            ["random", rest @ ..] if rest.len() <= 2 && rest.iter().all(|s| !s.is_empty()) => match op {
-                Operation::Update => Self::random(req, rest.first().copied(), rest.get(1).copied()),
-                _ => Err(Error::UnsupportedOperation),
-            },
+            ["random", rest @ ..] if rest.len() <= 2 && rest.iter().all(|s| !s.is_empty()) => {
+                match op {
+                    Operation::Update => {
+                        Self::random(req, rest.first().copied(), rest.get(1).copied())
+                    }
+                    _ => Err(Error::UnsupportedOperation),
+                }
+            }
             _ => Err(Error::UnsupportedPath),
         }
     }
@@ -1371,7 +1528,9 @@ impl LogicalBackend for Transit {
     /// without `update` (Vault's existence check on that path).
     async fn existence_check(&self, _req: &Request, path: &str) -> Result<Option<bool>> {
         match path.split_once('/') {
-            Some(("encrypt", name)) if valid_name(name) => Ok(Some(self.policy(name).await?.is_some())),
+            Some(("encrypt", name)) if valid_name(name) => {
+                Ok(Some(self.policy(name).await?.is_some()))
+            }
             _ => Ok(None),
         }
     }

@@ -33,7 +33,10 @@ async fn call(t: &Transit, op: Operation, path: &str, body: Value) -> Result<Opt
 }
 
 async fn ok(t: &Transit, op: Operation, path: &str, body: Value) -> Map<String, Value> {
-    let r = call(t, op, path, body).await.unwrap_or_else(|e| panic!("{path}: {e}")).expect("a response");
+    let r = call(t, op, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .expect("a response");
     assert_eq!(r.status, None, "{path}: {:?}", r.data);
     r.data.unwrap_or_default()
 }
@@ -99,29 +102,58 @@ async fn key_lifecycle_read_list_delete() {
     assert_eq!(cfg["deletion_allowed"], true);
     assert!(call(&t, Operation::Delete, "keys/k1", json!({})).await.unwrap().is_none());
     assert!(call(&t, Operation::Read, "keys/k1", json!({})).await.unwrap().is_none());
-    assert_eq!(bad(&t, "decrypt/k1", json!({"ciphertext": "vault:v1:AAAA"})).await, "encryption key not found");
+    assert_eq!(
+        bad(&t, "decrypt/k1", json!({"ciphertext": "vault:v1:AAAA"})).await,
+        "encryption key not found"
+    );
 }
 
 #[tokio::test]
 async fn create_errors_and_refusals() {
     let (t, _) = engine().await;
     assert_eq!(bad(&t, "keys/k", json!({"type": "bogus"})).await, "unknown key type bogus");
-    assert_eq!(bad(&t, "keys/k", json!({"auto_rotate_period": "1m"})).await, "auto rotate period must be 0 to disable or at least an hour");
-    assert_eq!(bad(&t, "keys/k", json!({"convergent_encryption": true})).await, "convergent encryption requires derivation to be enabled");
-    assert!(bad(&t, "keys/k", json!({"derived": true, "type": "ed25519"})).await.contains("not supported by vaultd"));
-    assert!(bad(&t, "keys/k", json!({"derived": true, "convergent_encryption": true})).await.contains("not supported by vaultd"));
+    assert_eq!(
+        bad(&t, "keys/k", json!({"auto_rotate_period": "1m"})).await,
+        "auto rotate period must be 0 to disable or at least an hour"
+    );
+    assert_eq!(
+        bad(&t, "keys/k", json!({"convergent_encryption": true})).await,
+        "convergent encryption requires derivation to be enabled"
+    );
+    assert!(bad(&t, "keys/k", json!({"derived": true, "type": "ed25519"}))
+        .await
+        .contains("not supported by vaultd"));
+    assert!(bad(&t, "keys/k", json!({"derived": true, "convergent_encryption": true}))
+        .await
+        .contains("not supported by vaultd"));
     assert_eq!(
         err(&t, Operation::Update, "keys/k", json!({"derived": true, "type": "ecdsa-p256"})).await,
         "1 error occurred:\n\t* key derivation and convergent encryption not supported for keys of type ecdsa-p256\n\n"
     );
-    assert!(bad(&t, "keys/k", json!({"exportable": true})).await.contains("not supported by vaultd"));
-    assert!(bad(&t, "keys/k", json!({"type": "rsa-2048"})).await.contains("not supported by vaultd"));
+    assert!(bad(&t, "keys/k", json!({"exportable": true}))
+        .await
+        .contains("not supported by vaultd"));
+    assert!(bad(&t, "keys/k", json!({"type": "rsa-2048"}))
+        .await
+        .contains("not supported by vaultd"));
     let k = post(&t, "keys/k", json!({"auto_rotate_period": "2h"})).await;
     assert_eq!(k["auto_rotate_period"], 7200);
-    assert!(matches!(call(&t, Operation::Read, "keys/k/config", json!({})).await, Err(Error::UnsupportedOperation)));
-    assert!(matches!(call(&t, Operation::Update, "nothing", json!({})).await, Err(Error::UnsupportedPath)));
-    assert!(matches!(call(&t, Operation::Read, "encrypt/k", json!({})).await, Err(Error::UnsupportedOperation)));
-    assert!(matches!(call(&t, Operation::Update, "keys/-bad", json!({})).await, Err(Error::UnsupportedPath)));
+    assert!(matches!(
+        call(&t, Operation::Read, "keys/k/config", json!({})).await,
+        Err(Error::UnsupportedOperation)
+    ));
+    assert!(matches!(
+        call(&t, Operation::Update, "nothing", json!({})).await,
+        Err(Error::UnsupportedPath)
+    ));
+    assert!(matches!(
+        call(&t, Operation::Read, "encrypt/k", json!({})).await,
+        Err(Error::UnsupportedOperation)
+    ));
+    assert!(matches!(
+        call(&t, Operation::Update, "keys/-bad", json!({})).await,
+        Err(Error::UnsupportedPath)
+    ));
 }
 
 #[tokio::test]
@@ -144,17 +176,38 @@ async fn encrypt_decrypt_round_trip_and_upsert() {
     assert_eq!(e["key_version"], 1);
     let k = ok(&t, Operation::Read, "keys/fresh", json!({})).await;
     assert_eq!(k["type"], "aes256-gcm96");
-    let e = post(&t, "encrypt/fresh-cc", json!({"plaintext": b64(b"x"), "type": "chacha20-poly1305"})).await;
+    let e =
+        post(&t, "encrypt/fresh-cc", json!({"plaintext": b64(b"x"), "type": "chacha20-poly1305"}))
+            .await;
     assert!(s(&e, "ciphertext").starts_with("vault:v1:"));
-    assert_eq!(ok(&t, Operation::Read, "keys/fresh-cc", json!({})).await["type"], "chacha20-poly1305");
-    assert_eq!(t.existence_check(&req(Operation::Update, "encrypt/fresh", json!({})), "encrypt/fresh").await.unwrap(), Some(true));
-    assert_eq!(t.existence_check(&req(Operation::Update, "encrypt/no", json!({})), "encrypt/no").await.unwrap(), Some(false));
+    assert_eq!(
+        ok(&t, Operation::Read, "keys/fresh-cc", json!({})).await["type"],
+        "chacha20-poly1305"
+    );
+    assert_eq!(
+        t.existence_check(&req(Operation::Update, "encrypt/fresh", json!({})), "encrypt/fresh")
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        t.existence_check(&req(Operation::Update, "encrypt/no", json!({})), "encrypt/no")
+            .await
+            .unwrap(),
+        Some(false)
+    );
 
     // Associated data must match.
-    let e = post(&t, "encrypt/fresh", json!({"plaintext": b64(b"x"), "associated_data": b64(b"ad")})).await;
+    let e =
+        post(&t, "encrypt/fresh", json!({"plaintext": b64(b"x"), "associated_data": b64(b"ad")}))
+            .await;
     let ct = s(&e, "ciphertext");
-    assert_eq!(bad(&t, "decrypt/fresh", json!({"ciphertext": ct})).await, "cipher: message authentication failed");
-    let d = post(&t, "decrypt/fresh", json!({"ciphertext": ct, "associated_data": b64(b"ad")})).await;
+    assert_eq!(
+        bad(&t, "decrypt/fresh", json!({"ciphertext": ct})).await,
+        "cipher: message authentication failed"
+    );
+    let d =
+        post(&t, "decrypt/fresh", json!({"ciphertext": ct, "associated_data": b64(b"ad")})).await;
     assert_eq!(s(&d, "plaintext"), b64(b"x"));
 }
 
@@ -165,28 +218,55 @@ async fn encrypt_decrypt_errors() {
     post(&t, "keys/cc", json!({"type": "chacha20-poly1305"})).await;
     post(&t, "keys/ed", json!({"type": "ed25519"})).await;
     assert_eq!(bad(&t, "encrypt/k", json!({})).await, "missing plaintext to encrypt");
-    assert_eq!(bad(&t, "encrypt/k", json!({"plaintext": "!!!"})).await, "illegal base64 data at input byte 0");
+    assert_eq!(
+        bad(&t, "encrypt/k", json!({"plaintext": "!!!"})).await,
+        "illegal base64 data at input byte 0"
+    );
     assert_eq!(
         bad(&t, "encrypt/k", json!({"plaintext": "aGk=", "key_version": 5})).await,
         "requested version for encryption is higher than the latest key version"
     );
-    assert_eq!(bad(&t, "encrypt/ed", json!({"plaintext": "aGk="})).await, "message encryption not supported for key type ed25519");
-    assert_eq!(bad(&t, "encrypt/k", json!({"batch_input": []})).await, "missing batch input to process");
+    assert_eq!(
+        bad(&t, "encrypt/ed", json!({"plaintext": "aGk="})).await,
+        "message encryption not supported for key type ed25519"
+    );
+    assert_eq!(
+        bad(&t, "encrypt/k", json!({"batch_input": []})).await,
+        "missing batch input to process"
+    );
     assert_eq!(
         bad(&t, "encrypt/new-ec", json!({"plaintext": "aGk=", "type": "ecdsa-p256"})).await,
         "key type ecdsa-p256 not supported for this operation"
     );
     assert_eq!(bad(&t, "decrypt/k", json!({})).await, "missing ciphertext to decrypt");
-    assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": "garbage"})).await, "invalid ciphertext: no prefix");
-    assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1"})).await, "invalid ciphertext: wrong number of fields");
+    assert_eq!(
+        bad(&t, "decrypt/k", json!({"ciphertext": "garbage"})).await,
+        "invalid ciphertext: no prefix"
+    );
+    assert_eq!(
+        bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1"})).await,
+        "invalid ciphertext: wrong number of fields"
+    );
     assert_eq!(
         bad(&t, "decrypt/k", json!({"ciphertext": "vault:vx:AAAA"})).await,
         "invalid ciphertext: version number could not be decoded"
     );
-    assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": "vault:v9:AAAA"})).await, "invalid ciphertext: version is too new");
-    assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1:!!!"})).await, "invalid ciphertext: could not decode base64");
-    assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1:AAAA"})).await, "invalid ciphertext length");
-    assert_eq!(bad(&t, "decrypt/nokey", json!({"ciphertext": "vault:v1:AAAA"})).await, "encryption key not found");
+    assert_eq!(
+        bad(&t, "decrypt/k", json!({"ciphertext": "vault:v9:AAAA"})).await,
+        "invalid ciphertext: version is too new"
+    );
+    assert_eq!(
+        bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1:!!!"})).await,
+        "invalid ciphertext: could not decode base64"
+    );
+    assert_eq!(
+        bad(&t, "decrypt/k", json!({"ciphertext": "vault:v1:AAAA"})).await,
+        "invalid ciphertext length"
+    );
+    assert_eq!(
+        bad(&t, "decrypt/nokey", json!({"ciphertext": "vault:v1:AAAA"})).await,
+        "encryption key not found"
+    );
     let ct = s(&post(&t, "encrypt/cc", json!({"plaintext": "aGk="})).await, "ciphertext");
     let mut raw = b64_decode(&ct["vault:v1:".len()..]).unwrap();
     let last = raw.len() - 1;
@@ -227,8 +307,18 @@ async fn batch_encrypt_decrypt_with_partial_failures() {
     assert!(res[2]["ciphertext"].as_str().unwrap().starts_with("vault:v1:"));
 
     // All good: 200; partial failures may choose their status.
-    let all = post(&t, "encrypt/k", json!({"batch_input": [{"plaintext": "aGk="}, {"plaintext": "aGk="}]})).await;
-    let cts: Vec<String> = all["batch_results"].as_array().unwrap().iter().map(|i| i["ciphertext"].as_str().unwrap().to_string()).collect();
+    let all = post(
+        &t,
+        "encrypt/k",
+        json!({"batch_input": [{"plaintext": "aGk="}, {"plaintext": "aGk="}]}),
+    )
+    .await;
+    let cts: Vec<String> = all["batch_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ciphertext"].as_str().unwrap().to_string())
+        .collect();
     assert_ne!(cts[0], cts[1], "fresh nonce per item");
     let r = call(
         &t,
@@ -253,9 +343,17 @@ async fn batch_encrypt_decrypt_with_partial_failures() {
     assert_eq!(r.status, Some(400));
     let res = r.data.unwrap()["batch_results"].as_array().unwrap().clone();
     assert_eq!(res[0], json!({"plaintext": "aGk=", "reference": "x"}));
-    assert_eq!(res[1], json!({"plaintext": "", "error": "invalid ciphertext length", "reference": ""}));
-    assert_eq!(res[2], json!({"plaintext": "", "error": "missing ciphertext to decrypt", "reference": ""}));
-    assert!(err(&t, Operation::Update, "decrypt/k", json!({"batch_input": [{}]})).await.contains("'[0].ciphertext' missing ciphertext to decrypt"));
+    assert_eq!(
+        res[1],
+        json!({"plaintext": "", "error": "invalid ciphertext length", "reference": ""})
+    );
+    assert_eq!(
+        res[2],
+        json!({"plaintext": "", "error": "missing ciphertext to decrypt", "reference": ""})
+    );
+    assert!(err(&t, Operation::Update, "decrypt/k", json!({"batch_input": [{}]}))
+        .await
+        .contains("'[0].ciphertext' missing ciphertext to decrypt"));
     assert_eq!(
         bad(&t, "encrypt/k", json!({"batch_input": [{"plaintext": "aGk=", "context": "YQ=="}, {"plaintext": "aGk="}]})).await,
         "context should be set either in all the request blocks or in none"
@@ -277,14 +375,25 @@ async fn rotation_min_versions_rewrap_and_cache() {
     assert!(ct2.starts_with("vault:v2:"));
     // Old ciphertexts still decrypt; an explicit old version still encrypts.
     assert_eq!(s(&post(&t, "decrypt/k", json!({"ciphertext": ct1})).await, "plaintext"), "aGk=");
-    assert_eq!(post(&t, "encrypt/k", json!({"plaintext": "aGk=", "key_version": 1})).await["key_version"], 1);
+    assert_eq!(
+        post(&t, "encrypt/k", json!({"plaintext": "aGk=", "key_version": 1})).await["key_version"],
+        1
+    );
     // Rewrap moves to the latest version.
     let rw = post(&t, "rewrap/k", json!({"ciphertext": ct1})).await;
     assert_eq!(rw["key_version"], 2);
-    assert_eq!(s(&post(&t, "decrypt/k", json!({"ciphertext": s(&rw, "ciphertext")})).await, "plaintext"), "aGk=");
+    assert_eq!(
+        s(&post(&t, "decrypt/k", json!({"ciphertext": s(&rw, "ciphertext")})).await, "plaintext"),
+        "aGk="
+    );
     assert_eq!(bad(&t, "rewrap/k", json!({})).await, "missing ciphertext to decrypt");
-    assert_eq!(bad(&t, "rewrap/nokey", json!({"ciphertext": ct1})).await, "encryption key not found");
-    let rb = post(&t, "rewrap/k", json!({"batch_input": [{"ciphertext": ct1}, {"ciphertext": "bad"}]})).await;
+    assert_eq!(
+        bad(&t, "rewrap/nokey", json!({"ciphertext": ct1})).await,
+        "encryption key not found"
+    );
+    let rb =
+        post(&t, "rewrap/k", json!({"batch_input": [{"ciphertext": ct1}, {"ciphertext": "bad"}]}))
+            .await;
     assert_eq!(rb["batch_results"][1]["error"], "invalid ciphertext: no prefix");
 
     // min_decryption_version refuses old ciphertexts and hides old versions.
@@ -293,23 +402,33 @@ async fn rotation_min_versions_rewrap_and_cache() {
     assert_eq!(cfg["keys"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["2"]);
     assert_eq!(bad(&t, "decrypt/k", json!({"ciphertext": ct1})).await, keys::ERR_TOO_OLD);
     assert_eq!(s(&post(&t, "decrypt/k", json!({"ciphertext": ct2})).await, "plaintext"), "aGk=");
-    assert_eq!(bad(&t, "keys/k/config", json!({"min_decryption_version": 5})).await, "cannot set min decryption version of 5, latest key version is 2");
+    assert_eq!(
+        bad(&t, "keys/k/config", json!({"min_decryption_version": 5})).await,
+        "cannot set min decryption version of 5, latest key version is 2"
+    );
     assert_eq!(
         bad(&t, "keys/k/config", json!({"min_encryption_version": 1})).await,
         "cannot set min encryption/decryption values; min encryption version of 1 must be greater than or equal to min decryption version of 2"
     );
-    assert_eq!(bad(&t, "keys/nokey/config", json!({})).await, "no existing key named nokey could be found");
+    assert_eq!(
+        bad(&t, "keys/nokey/config", json!({})).await,
+        "no existing key named nokey could be found"
+    );
     assert_eq!(bad(&t, "keys/nokey/rotate", json!({})).await, "key not found");
     assert_eq!(
         bad(&t, "keys/k/config", json!({"deletion_allowed": "maybe"})).await,
         "Field validation failed: error converting input for field \"deletion_allowed\": '' cannot parse value as 'bool': strconv.ParseBool: invalid syntax"
     );
-    let warned = call(&t, Operation::Update, "keys/k/config", json!({"min_decryption_version": 0})).await.unwrap().unwrap();
+    let warned = call(&t, Operation::Update, "keys/k/config", json!({"min_decryption_version": 0}))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(warned.warnings.len(), 1);
     assert_eq!(warned.data.unwrap()["min_decryption_version"], 1);
 
     post(&t, "keys/k/rotate", json!({})).await;
-    post(&t, "keys/k/config", json!({"min_encryption_version": 3, "min_decryption_version": 2})).await;
+    post(&t, "keys/k/config", json!({"min_encryption_version": 3, "min_decryption_version": 2}))
+        .await;
     assert_eq!(
         bad(&t, "encrypt/k", json!({"plaintext": "aGk=", "key_version": 2})).await,
         "requested version for encryption is less than the minimum encryption key version"
@@ -333,27 +452,64 @@ async fn derived_keys() {
     assert_eq!(k["convergent_encryption"], false);
     let (ctx_a, ctx_b) = (b64(b"tenant-a"), b64(b"tenant-b"));
     assert_eq!(bad(&t, "encrypt/d", json!({"plaintext": "aGk="})).await, keys::ERR_MISSING_CONTEXT);
-    let ct = s(&post(&t, "encrypt/d", json!({"plaintext": "aGk=", "context": ctx_a})).await, "ciphertext");
-    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_a})).await, "plaintext"), "aGk=");
-    assert_eq!(bad(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_b})).await, "cipher: message authentication failed");
+    let ct = s(
+        &post(&t, "encrypt/d", json!({"plaintext": "aGk=", "context": ctx_a})).await,
+        "ciphertext",
+    );
+    assert_eq!(
+        s(&post(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_a})).await, "plaintext"),
+        "aGk="
+    );
+    assert_eq!(
+        bad(&t, "decrypt/d", json!({"ciphertext": ct, "context": ctx_b})).await,
+        "cipher: message authentication failed"
+    );
     assert_eq!(bad(&t, "decrypt/d", json!({"ciphertext": ct})).await, keys::ERR_MISSING_CONTEXT);
     // A context on a plain key is ignored, as in Vault.
     post(&t, "keys/plain", json!({})).await;
-    let pct = s(&post(&t, "encrypt/plain", json!({"plaintext": "aGk=", "context": ctx_a})).await, "ciphertext");
-    assert_eq!(s(&post(&t, "decrypt/plain", json!({"ciphertext": pct})).await, "plaintext"), "aGk=");
+    let pct = s(
+        &post(&t, "encrypt/plain", json!({"plaintext": "aGk=", "context": ctx_a})).await,
+        "ciphertext",
+    );
+    assert_eq!(
+        s(&post(&t, "decrypt/plain", json!({"ciphertext": pct})).await, "plaintext"),
+        "aGk="
+    );
     // Upsert with a context makes a derived key; batches carry a context per item.
     let b = post(&t, "encrypt/up", json!({"batch_input": [{"plaintext": "aGk=", "context": ctx_a}, {"plaintext": "aGk=", "context": ctx_b}]})).await;
     assert_eq!(ok(&t, Operation::Read, "keys/up", json!({})).await["derived"], true);
-    let cts: Vec<&str> = b["batch_results"].as_array().unwrap().iter().map(|i| i["ciphertext"].as_str().unwrap()).collect();
+    let cts: Vec<&str> = b["batch_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ciphertext"].as_str().unwrap())
+        .collect();
     let d = post(&t, "decrypt/up", json!({"batch_input": [{"ciphertext": cts[0], "context": ctx_a}, {"ciphertext": cts[1], "context": ctx_b}]})).await;
-    assert_eq!(d["batch_results"], json!([{"plaintext": "aGk=", "reference": ""}, {"plaintext": "aGk=", "reference": ""}]));
+    assert_eq!(
+        d["batch_results"],
+        json!([{"plaintext": "aGk=", "reference": ""}, {"plaintext": "aGk=", "reference": ""}])
+    );
     // Rewrap and datakey use the context too.
     post(&t, "keys/d/rotate", json!({})).await;
     let rw = post(&t, "rewrap/d", json!({"ciphertext": ct, "context": ctx_a})).await;
     assert_eq!(rw["key_version"], 2);
-    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": s(&rw, "ciphertext"), "context": ctx_a})).await, "plaintext"), "aGk=");
+    assert_eq!(
+        s(
+            &post(&t, "decrypt/d", json!({"ciphertext": s(&rw, "ciphertext"), "context": ctx_a}))
+                .await,
+            "plaintext"
+        ),
+        "aGk="
+    );
     let dk = post(&t, "datakey/plaintext/d", json!({"context": ctx_b})).await;
-    assert_eq!(s(&post(&t, "decrypt/d", json!({"ciphertext": s(&dk, "ciphertext"), "context": ctx_b})).await, "plaintext"), s(&dk, "plaintext"));
+    assert_eq!(
+        s(
+            &post(&t, "decrypt/d", json!({"ciphertext": s(&dk, "ciphertext"), "context": ctx_b}))
+                .await,
+            "plaintext"
+        ),
+        s(&dk, "plaintext")
+    );
     assert_eq!(bad(&t, "datakey/plaintext/d", json!({})).await, keys::ERR_MISSING_CONTEXT);
 }
 
@@ -379,20 +535,36 @@ async fn datakey_and_random() {
     let d = post(&t, "datakey/plaintext/k", json!({})).await;
     let pt = s(&d, "plaintext");
     assert_eq!(b64_decode(&pt).unwrap().len(), 32);
-    assert_eq!(s(&post(&t, "decrypt/k", json!({"ciphertext": s(&d, "ciphertext")})).await, "plaintext"), pt);
+    assert_eq!(
+        s(&post(&t, "decrypt/k", json!({"ciphertext": s(&d, "ciphertext")})).await, "plaintext"),
+        pt
+    );
     let w = post(&t, "datakey/wrapped/k", json!({"bits": 512})).await;
     assert!(!w.contains_key("plaintext"));
-    let inner = s(&post(&t, "decrypt/k", json!({"ciphertext": s(&w, "ciphertext")})).await, "plaintext");
+    let inner =
+        s(&post(&t, "decrypt/k", json!({"ciphertext": s(&w, "ciphertext")})).await, "plaintext");
     assert_eq!(b64_decode(&inner).unwrap().len(), 64);
     assert_eq!(bad(&t, "datakey/wrapped/k", json!({"bits": 100})).await, "invalid bit length");
-    assert_eq!(bad(&t, "datakey/bogus/k", json!({})).await, "Invalid path, must be 'plaintext' or 'wrapped'");
+    assert_eq!(
+        bad(&t, "datakey/bogus/k", json!({})).await,
+        "Invalid path, must be 'plaintext' or 'wrapped'"
+    );
     assert_eq!(bad(&t, "datakey/wrapped/nokey", json!({})).await, "encryption key not found");
-    assert_eq!(bad(&t, "datakey/wrapped/ed", json!({})).await, "message encryption not supported for key type ed25519");
+    assert_eq!(
+        bad(&t, "datakey/wrapped/ed", json!({})).await,
+        "message encryption not supported for key type ed25519"
+    );
 
-    assert_eq!(b64_decode(&s(&post(&t, "random", json!({})).await, "random_bytes")).unwrap().len(), 32);
+    assert_eq!(
+        b64_decode(&s(&post(&t, "random", json!({})).await, "random_bytes")).unwrap().len(),
+        32
+    );
     assert_eq!(s(&post(&t, "random/8", json!({"format": "hex"})).await, "random_bytes").len(), 16);
     let seal = call(&t, Operation::Update, "random/seal/4", json!({})).await.unwrap().unwrap();
-    assert_eq!(seal.warnings, vec!["no seal/entropy augmentation available, using platform entropy source"]);
+    assert_eq!(
+        seal.warnings,
+        vec!["no seal/entropy augmentation available, using platform entropy source"]
+    );
     assert_eq!(s(&post(&t, "random/all", json!({"bytes": 3})).await, "random_bytes").len(), 4);
     assert_eq!(
         bad(&t, "random/bogus", json!({})).await,
@@ -403,8 +575,14 @@ async fn datakey_and_random() {
         "unsupported entropy source \"bogus\"; must be \"platform\" or \"seal\", or \"all\""
     );
     assert_eq!(bad(&t, "random/0", json!({})).await, "'bytes' cannot be less than 1");
-    assert_eq!(bad(&t, "random", json!({"bytes": 200000})).await, "'bytes' should be less than 131072");
-    assert_eq!(bad(&t, "random", json!({"format": "x"})).await, "unsupported encoding format \"x\"; must be \"hex\" or \"base64\"");
+    assert_eq!(
+        bad(&t, "random", json!({"bytes": 200000})).await,
+        "'bytes' should be less than 131072"
+    );
+    assert_eq!(
+        bad(&t, "random", json!({"format": "x"})).await,
+        "unsupported encoding format \"x\"; must be \"hex\" or \"base64\""
+    );
 }
 
 #[tokio::test]
@@ -416,34 +594,75 @@ async fn sign_verify_round_trips() {
     assert_eq!(ed["supports_signing"], true);
     let ec = post(&t, "keys/ec", json!({"type": "ecdsa-p256"})).await;
     assert_eq!(ec["keys"]["1"]["name"], "P-256");
-    assert!(ec["keys"]["1"]["public_key"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert!(ec["keys"]["1"]["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
     assert_eq!(ec["supports_derivation"], false);
     let input = b64(b"hello");
-    for (key, path_alg) in [("ed", ""), ("ec", ""), ("ec", "/sha2-512"), ("ec", "/sha1"), ("ec", "/sha3-256")] {
+    for (key, path_alg) in
+        [("ed", ""), ("ec", ""), ("ec", "/sha2-512"), ("ec", "/sha1"), ("ec", "/sha3-256")]
+    {
         let sig = post(&t, &format!("sign/{key}{path_alg}"), json!({"input": input})).await;
         assert_eq!(sig["key_version"], 1);
         let sig = s(&sig, "signature");
         assert!(sig.starts_with("vault:v1:"));
-        let v = post(&t, &format!("verify/{key}{path_alg}"), json!({"input": input, "signature": sig})).await;
+        let v =
+            post(&t, &format!("verify/{key}{path_alg}"), json!({"input": input, "signature": sig}))
+                .await;
         assert_eq!(v["valid"], true, "{key}{path_alg}");
-        let v = post(&t, &format!("verify/{key}{path_alg}"), json!({"input": b64(b"other"), "signature": sig})).await;
+        let v = post(
+            &t,
+            &format!("verify/{key}{path_alg}"),
+            json!({"input": b64(b"other"), "signature": sig}),
+        )
+        .await;
         assert_eq!(v["valid"], false, "{key}{path_alg}");
     }
     // Prehashed ECDSA verifies against the hashed input and vice versa.
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"hello");
-    let sig = s(&post(&t, "sign/ec", json!({"input": b64(digest.as_ref()), "prehashed": true})).await, "signature");
-    assert_eq!(post(&t, "verify/ec", json!({"input": input, "signature": sig})).await["valid"], true);
+    let sig = s(
+        &post(&t, "sign/ec", json!({"input": b64(digest.as_ref()), "prehashed": true})).await,
+        "signature",
+    );
+    assert_eq!(
+        post(&t, "verify/ec", json!({"input": input, "signature": sig})).await["valid"],
+        true
+    );
     // JWS marshaling: r||s, base64url.
-    let sig = s(&post(&t, "sign/ec", json!({"input": input, "marshaling_algorithm": "jws"})).await, "signature");
-    assert_eq!(base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sig[9..]).unwrap().len(), 64);
-    assert_eq!(post(&t, "verify/ec", json!({"input": input, "signature": sig, "marshaling_algorithm": "jws"})).await["valid"], true);
+    let sig = s(
+        &post(&t, "sign/ec", json!({"input": input, "marshaling_algorithm": "jws"})).await,
+        "signature",
+    );
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sig[9..])
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(
+        post(
+            &t,
+            "verify/ec",
+            json!({"input": input, "signature": sig, "marshaling_algorithm": "jws"})
+        )
+        .await["valid"],
+        true
+    );
     // After rotation old signatures verify until min_decryption_version moves past them.
     let old = s(&post(&t, "sign/ed", json!({"input": input})).await, "signature");
     post(&t, "keys/ed/rotate", json!({})).await;
-    assert!(s(&post(&t, "sign/ed", json!({"input": input})).await, "signature").starts_with("vault:v2:"));
-    assert_eq!(post(&t, "verify/ed", json!({"input": input, "signature": old})).await["valid"], true);
+    assert!(s(&post(&t, "sign/ed", json!({"input": input})).await, "signature")
+        .starts_with("vault:v2:"));
+    assert_eq!(
+        post(&t, "verify/ed", json!({"input": input, "signature": old})).await["valid"],
+        true
+    );
     post(&t, "keys/ed/config", json!({"min_decryption_version": 2})).await;
-    assert_eq!(bad(&t, "verify/ed", json!({"input": input, "signature": old})).await, keys::ERR_TOO_OLD);
+    assert_eq!(
+        bad(&t, "verify/ed", json!({"input": input, "signature": old})).await,
+        keys::ERR_TOO_OLD
+    );
 }
 
 #[tokio::test]
@@ -453,9 +672,18 @@ async fn sign_verify_errors_and_batches() {
     post(&t, "keys/ec", json!({"type": "ecdsa-p256"})).await;
     post(&t, "keys/k", json!({})).await;
     let input = b64(b"hello");
-    assert_eq!(bad(&t, "sign/ec", json!({"input": input, "hash_algorithm": "md5"})).await, "invalid hash algorithm \"md5\"");
-    assert_eq!(bad(&t, "sign/ec", json!({"input": "!!"})).await, "unable to decode input as base64: illegal base64 data at input byte 0");
-    assert_eq!(bad(&t, "sign/k", json!({"input": input})).await, "key type aes256-gcm96 does not support signing");
+    assert_eq!(
+        bad(&t, "sign/ec", json!({"input": input, "hash_algorithm": "md5"})).await,
+        "invalid hash algorithm \"md5\""
+    );
+    assert_eq!(
+        bad(&t, "sign/ec", json!({"input": "!!"})).await,
+        "unable to decode input as base64: illegal base64 data at input byte 0"
+    );
+    assert_eq!(
+        bad(&t, "sign/k", json!({"input": input})).await,
+        "key type aes256-gcm96 does not support signing"
+    );
     assert_eq!(bad(&t, "sign/nokey", json!({"input": input})).await, "signing key not found");
     assert_eq!(
         err(&t, Operation::Update, "sign/ed", json!({"input": input, "key_version": 3})).await,
@@ -463,26 +691,66 @@ async fn sign_verify_errors_and_batches() {
     );
     // An empty input is signed, as Vault does.
     assert!(post(&t, "sign/ec", json!({})).await.contains_key("signature"));
-    assert_eq!(bad(&t, "verify/ed", json!({"input": input})).await, "neither a 'signature' nor an 'hmac' were given to verify");
-    assert_eq!(post(&t, "verify/ed", json!({"input": input, "signature": "vault:v1:AAAA"})).await["valid"], false);
-    assert_eq!(bad(&t, "verify/ec", json!({"input": input, "signature": "vault:v1:AAAA"})).await, "supplied signature is invalid");
-    assert_eq!(bad(&t, "verify/ec", json!({"input": input, "signature": "vault:v1:!!"})).await, "invalid base64 signature value");
-    assert_eq!(bad(&t, "verify/ec", json!({"input": input, "signature": "bad"})).await, "invalid signature: no prefix");
-    assert_eq!(bad(&t, "verify/nokey", json!({"input": input, "signature": "vault:v1:AAAA"})).await, "signature verification key not found");
-    assert_eq!(bad(&t, "verify/k", json!({"input": input, "signature": "vault:v1:AAAA"})).await, "key type aes256-gcm96 does not support verification");
+    assert_eq!(
+        bad(&t, "verify/ed", json!({"input": input})).await,
+        "neither a 'signature' nor an 'hmac' were given to verify"
+    );
+    assert_eq!(
+        post(&t, "verify/ed", json!({"input": input, "signature": "vault:v1:AAAA"})).await["valid"],
+        false
+    );
+    assert_eq!(
+        bad(&t, "verify/ec", json!({"input": input, "signature": "vault:v1:AAAA"})).await,
+        "supplied signature is invalid"
+    );
+    assert_eq!(
+        bad(&t, "verify/ec", json!({"input": input, "signature": "vault:v1:!!"})).await,
+        "invalid base64 signature value"
+    );
+    assert_eq!(
+        bad(&t, "verify/ec", json!({"input": input, "signature": "bad"})).await,
+        "invalid signature: no prefix"
+    );
+    assert_eq!(
+        bad(&t, "verify/nokey", json!({"input": input, "signature": "vault:v1:AAAA"})).await,
+        "signature verification key not found"
+    );
+    assert_eq!(
+        bad(&t, "verify/k", json!({"input": input, "signature": "vault:v1:AAAA"})).await,
+        "key type aes256-gcm96 does not support verification"
+    );
 
-    let r = post(&t, "sign/ec", json!({"batch_input": [{"input": input, "reference": "r1"}, {"input": "!!"}, {}]})).await;
+    let r = post(
+        &t,
+        "sign/ec",
+        json!({"batch_input": [{"input": input, "reference": "r1"}, {"input": "!!"}, {}]}),
+    )
+    .await;
     let res = r["batch_results"].as_array().unwrap();
     assert_eq!(res[0]["reference"], "r1");
     assert_eq!(res[0]["key_version"], 1);
-    assert_eq!(res[1], json!({"key_version": 0, "error": "unable to decode input as base64: illegal base64 data at input byte 0", "reference": ""}));
+    assert_eq!(
+        res[1],
+        json!({"key_version": 0, "error": "unable to decode input as base64: illegal base64 data at input byte 0", "reference": ""})
+    );
     assert_eq!(res[2], json!({"key_version": 0, "error": "missing input", "reference": ""}));
     let sig = res[0]["signature"].as_str().unwrap();
     let v = post(&t, "verify/ec", json!({"batch_input": [{"input": input, "signature": sig}, {"input": b64(b"x"), "signature": sig}]})).await;
-    assert_eq!(v["batch_results"], json!([{"valid": true, "reference": ""}, {"valid": false, "reference": ""}]));
-    assert_eq!(bad(&t, "verify/ec", json!({"batch_input": [{"input": input}]})).await, "no batch_input elements have 'signature' or 'hmac'");
     assert_eq!(
-        bad(&t, "verify/ec", json!({"batch_input": [{"input": input, "signature": sig}, {"input": input}]})).await,
+        v["batch_results"],
+        json!([{"valid": true, "reference": ""}, {"valid": false, "reference": ""}])
+    );
+    assert_eq!(
+        bad(&t, "verify/ec", json!({"batch_input": [{"input": input}]})).await,
+        "no batch_input elements have 'signature' or 'hmac'"
+    );
+    assert_eq!(
+        bad(
+            &t,
+            "verify/ec",
+            json!({"batch_input": [{"input": input, "signature": sig}, {"input": input}]})
+        )
+        .await,
         "some elements of batch_input are missing 'signature'"
     );
     assert_eq!(
@@ -502,27 +770,60 @@ async fn hmac_and_verify() {
         assert!(h.starts_with("vault:v1:"));
         assert_eq!(b64_decode(&h[9..]).unwrap().len(), len);
         let verify_path = path.replacen("hmac", "verify", 1);
-        assert_eq!(post(&t, &verify_path, json!({"input": input, "hmac": h})).await["valid"], true, "{path}");
-        assert_eq!(post(&t, &verify_path, json!({"input": b64(b"x"), "hmac": h})).await["valid"], false);
+        assert_eq!(
+            post(&t, &verify_path, json!({"input": input, "hmac": h})).await["valid"],
+            true,
+            "{path}"
+        );
+        assert_eq!(
+            post(&t, &verify_path, json!({"input": b64(b"x"), "hmac": h})).await["valid"],
+            false
+        );
     }
     // The HMAC matches HMAC-SHA256 under the version's HMAC key, not the encryption key.
     let h = s(&post(&t, "hmac/k", json!({"input": input, "algorithm": "sha2-384"})).await, "hmac");
     assert_eq!(b64_decode(&h[9..]).unwrap().len(), 48);
-    assert_eq!(bad(&t, "hmac/k", json!({"input": input, "algorithm": "bogus"})).await, "unsupported algorithm '\\x00'");
+    assert_eq!(
+        bad(&t, "hmac/k", json!({"input": input, "algorithm": "bogus"})).await,
+        "unsupported algorithm '\\x00'"
+    );
     assert_eq!(bad(&t, "hmac/k", json!({})).await, "missing input for HMAC");
-    assert_eq!(bad(&t, "hmac/k", json!({"input": input, "key_version": 9})).await, "key version does not exist; latest key version is 1");
+    assert_eq!(
+        bad(&t, "hmac/k", json!({"input": input, "key_version": 9})).await,
+        "key version does not exist; latest key version is 1"
+    );
     assert_eq!(bad(&t, "hmac/nokey", json!({"input": input})).await, "encryption key not found");
     post(&t, "keys/k/rotate", json!({})).await;
     post(&t, "keys/k/config", json!({"min_decryption_version": 2})).await;
-    assert_eq!(bad(&t, "hmac/k", json!({"input": input, "key_version": 1})).await, "no such key version");
-    assert_eq!(bad(&t, "verify/k", json!({"input": input, "hmac": "vault:v1:AAAA"})).await, "cannot verify HMAC: version is too old (disallowed by policy)");
-    assert_eq!(bad(&t, "verify/k", json!({"input": input, "hmac": "xx"})).await, "invalid HMAC to verify: no prefix");
-    assert_eq!(post(&t, "verify/k", json!({"input": input, "hmac": "vault:v2:AAAA"})).await["valid"], false);
+    assert_eq!(
+        bad(&t, "hmac/k", json!({"input": input, "key_version": 1})).await,
+        "no such key version"
+    );
+    assert_eq!(
+        bad(&t, "verify/k", json!({"input": input, "hmac": "vault:v1:AAAA"})).await,
+        "cannot verify HMAC: version is too old (disallowed by policy)"
+    );
+    assert_eq!(
+        bad(&t, "verify/k", json!({"input": input, "hmac": "xx"})).await,
+        "invalid HMAC to verify: no prefix"
+    );
+    assert_eq!(
+        post(&t, "verify/k", json!({"input": input, "hmac": "vault:v2:AAAA"})).await["valid"],
+        false
+    );
 
-    let b = post(&t, "hmac/k", json!({"batch_input": [{"input": input, "reference": "a"}, {"input": "!"}, {}]})).await;
+    let b = post(
+        &t,
+        "hmac/k",
+        json!({"batch_input": [{"input": input, "reference": "a"}, {"input": "!"}, {}]}),
+    )
+    .await;
     let res = b["batch_results"].as_array().unwrap();
     assert!(res[0]["hmac"].as_str().unwrap().starts_with("vault:v2:"));
-    assert_eq!(res[1]["error"], "unable to decode input as base64: illegal base64 data at input byte 0");
+    assert_eq!(
+        res[1]["error"],
+        "unable to decode input as base64: illegal base64 data at input byte 0"
+    );
     assert_eq!(res[2]["error"], "missing input for HMAC");
     let good = res[0]["hmac"].as_str().unwrap();
     let v = post(&t, "verify/k", json!({"batch_input": [{"input": input, "hmac": good}, {"input": b64(b"x"), "hmac": good}]})).await;

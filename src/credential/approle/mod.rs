@@ -120,7 +120,9 @@ struct AccessorEntry {
 /// Vault's `GenericNameRegex`.
 fn valid_name(name: &str) -> bool {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else { return false };
+    let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else {
+        return false;
+    };
     word(first) && word(last) && name.chars().all(|c| word(c) || matches!(c, '-' | '.' | '@'))
 }
 
@@ -193,7 +195,8 @@ impl AppRole {
                     return Ok::<_, Error>(Zeroizing::new(k));
                 }
                 let mut k = Zeroizing::new(vec![0u8; 32]);
-                aws_lc_rs::rand::fill(&mut k).map_err(|_| Error::internal("random source failed"))?;
+                aws_lc_rs::rand::fill(&mut k)
+                    .map_err(|_| Error::internal("random source failed"))?;
                 self.view.put("hmac_key", &k).await?;
                 Ok(k)
             })
@@ -259,7 +262,10 @@ impl AppRole {
         if !previous_role_id.is_empty() && previous_role_id != role.role_id {
             ops.push(ViewOp::Delete(format!("role_id/{}", self.hmac(previous_role_id).await?)));
         }
-        ops.push(ViewOp::Put(id_key, serde_json::to_vec(&RoleIdEntry { name: role.name.clone() })?));
+        ops.push(ViewOp::Put(
+            id_key,
+            serde_json::to_vec(&RoleIdEntry { name: role.name.clone() })?,
+        ));
         self.view.transaction(ops).await
     }
 
@@ -268,11 +274,14 @@ impl AppRole {
         let _g = self.roles.lock().await;
         let existing = self.role(name).await?;
         let create = existing.is_none();
-        let mut role = existing.unwrap_or_else(|| RoleEntry { name: name.to_lowercase(), ..Default::default() });
+        let mut role = existing
+            .unwrap_or_else(|| RoleEntry { name: name.to_lowercase(), ..Default::default() });
         role.token.parse(&f)?;
         if let Some(local) = f.bool("local_secret_ids")? {
             if !create {
-                return Err(Error::bad_request("local_secret_ids can only be modified during role creation"));
+                return Err(Error::bad_request(
+                    "local_secret_ids can only be modified during role creation",
+                ));
             }
             role.local_secret_ids = local;
         }
@@ -283,7 +292,9 @@ impl AppRole {
             role.role_id = uuid::Uuid::new_v4().to_string();
         }
         if role.role_id.is_empty() {
-            return Err(Error::bad_request("invalid role_id supplied, or failed to generate a role_id"));
+            return Err(Error::bad_request(
+                "invalid role_id supplied, or failed to generate a role_id",
+            ));
         }
         if let Some(b) = f.bool("bind_secret_id")? {
             role.bind_secret_id = b;
@@ -297,7 +308,9 @@ impl AppRole {
         if let Some(c) = cidrs {
             for item in &c {
                 if !item.contains('/') || parse_cidrs(std::slice::from_ref(item)).is_err() {
-                    return Err(multierror(format!("failed to validate CIDR blocks: invalid CIDR address: {item}")));
+                    return Err(multierror(format!(
+                        "failed to validate CIDR blocks: invalid CIDR address: {item}"
+                    )));
                 }
             }
             role.secret_id_bound_cidrs = Some(c);
@@ -313,7 +326,8 @@ impl AppRole {
         }
         // Vault's upgrade of the legacy `policies` and `period`.
         if f.has("token_policies") {
-            role.policies = if f.has("policies") { role.token.token_policies.clone() } else { Vec::new() };
+            role.policies =
+                if f.has("policies") { role.token.token_policies.clone() } else { Vec::new() };
         } else if let Some(p) = f.comma_strings("policies")? {
             role.policies = sanitize_policies(&p, false);
             role.token.token_policies = role.policies.clone();
@@ -335,7 +349,10 @@ impl AppRole {
         let mut ops = Vec::new();
         for h in self.view.list(&prefix).await?.into_iter().take(MAX_SECRET_IDS) {
             if let Some(e) = self.view.get_json::<SecretIdEntry>(&format!("{prefix}{h}")).await? {
-                ops.push(ViewOp::Delete(format!("accessor/{}", self.hmac(&e.secret_id_accessor).await?)));
+                ops.push(ViewOp::Delete(format!(
+                    "accessor/{}",
+                    self.hmac(&e.secret_id_accessor).await?
+                )));
             }
             ops.push(ViewOp::Delete(format!("{prefix}{h}")));
         }
@@ -366,7 +383,12 @@ impl AppRole {
 
     // --- secret IDs ------------------------------------------------------------------------
 
-    async fn generate_secret_id(&self, req: &Request, name: &str, custom: Option<String>) -> Result<Option<Response>> {
+    async fn generate_secret_id(
+        &self,
+        req: &Request,
+        name: &str,
+        custom: Option<String>,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let secret_id = match custom {
             Some(s) => s,
@@ -393,8 +415,10 @@ impl AppRole {
                     return Err(Error::bad_request("num_uses cannot be negative"));
                 }
                 let r = role.secret_id_num_uses;
-                if (n == 0 && r > 0) || (r > 0 && n > r) {
-                    return Err(Error::bad_request("num_uses cannot be higher than the role's secret_id_num_uses"));
+                if r > 0 && (n == 0 || n > r) {
+                    return Err(Error::bad_request(
+                        "num_uses cannot be higher than the role's secret_id_num_uses",
+                    ));
                 }
                 n
             }
@@ -404,8 +428,10 @@ impl AppRole {
             Some(t) => {
                 let t = t as u64;
                 let r = role.secret_id_ttl;
-                if (t == 0 && r > 0) || (r > 0 && t > r) {
-                    return Err(Error::bad_request("ttl cannot be longer than the role's secret_id_ttl"));
+                if r > 0 && (t == 0 || t > r) {
+                    return Err(Error::bad_request(
+                        "ttl cannot be longer than the role's secret_id_ttl",
+                    ));
                 }
                 t
             }
@@ -479,7 +505,11 @@ impl AppRole {
     }
 
     /// The storage key and entry of a secret ID of `role`, if it exists and has not expired.
-    async fn find_secret(&self, role: &str, secret_hmac: &str) -> Result<Option<(String, SecretIdEntry)>> {
+    async fn find_secret(
+        &self,
+        role: &str,
+        secret_hmac: &str,
+    ) -> Result<Option<(String, SecretIdEntry)>> {
         let key = format!("{}{secret_hmac}", self.secret_prefix(role).await?);
         match self.view.get_json::<SecretIdEntry>(&key).await? {
             Some(e) if !e.expired() => Ok(Some((key, e))),
@@ -497,7 +527,12 @@ impl AppRole {
     }
 
     /// `secret-id/lookup` and `secret-id/destroy`.
-    async fn secret_id_op(&self, req: &Request, name: &str, destroy: bool) -> Result<Option<Response>> {
+    async fn secret_id_op(
+        &self,
+        req: &Request,
+        name: &str,
+        destroy: bool,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let secret_id = f.string("secret_id")?;
         if secret_id.is_empty() {
@@ -508,7 +543,9 @@ impl AppRole {
         };
         let secret_hmac = self.hmac(&secret_id).await?;
         let _g = self.stripe(&secret_hmac).lock().await;
-        let Some((key, entry)) = self.find_secret(&role.name, &secret_hmac).await? else { return Ok(None) };
+        let Some((key, entry)) = self.find_secret(&role.name, &secret_hmac).await? else {
+            return Ok(None);
+        };
         if destroy {
             self.delete_secret(&key, &entry).await?;
             return Ok(None);
@@ -517,7 +554,12 @@ impl AppRole {
     }
 
     /// `secret-id-accessor/lookup` and `secret-id-accessor/destroy`.
-    async fn accessor_op(&self, req: &Request, name: &str, destroy: bool) -> Result<Option<Response>> {
+    async fn accessor_op(
+        &self,
+        req: &Request,
+        name: &str,
+        destroy: bool,
+    ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
         let accessor = f.string("secret_id_accessor")?;
         if accessor.is_empty() {
@@ -526,8 +568,10 @@ impl AppRole {
         let Some(role) = self.role(name).await? else {
             return Err(multierror(format!("role \"{name}\" does not exist")));
         };
-        let missing = format!("failed to find accessor entry for secret_id_accessor: \"{accessor}\"");
-        let acc: Option<AccessorEntry> = self.view.get_json(&format!("accessor/{}", self.hmac(&accessor).await?)).await?;
+        let missing =
+            format!("failed to find accessor entry for secret_id_accessor: \"{accessor}\"");
+        let acc: Option<AccessorEntry> =
+            self.view.get_json(&format!("accessor/{}", self.hmac(&accessor).await?)).await?;
         let found = match acc {
             Some(a) => {
                 let _g = self.stripe(&a.secret_id_hmac).lock().await;
@@ -557,9 +601,12 @@ impl AppRole {
             // Vault's alias lookahead fails first, with a bare error.
             return Err(Error::internal("missing role_id"));
         }
-        let idx: Option<RoleIdEntry> = self.view.get_json(&format!("role_id/{}", self.hmac(&role_id).await?)).await?;
+        let idx: Option<RoleIdEntry> =
+            self.view.get_json(&format!("role_id/{}", self.hmac(&role_id).await?)).await?;
         let Some(idx) = idx else { return Err(Error::bad_request(INVALID_CREDENTIALS)) };
-        let Some(role) = self.role(&idx.name).await? else { return Err(Error::bad_request(INVALID_CREDENTIALS)) };
+        let Some(role) = self.role(&idx.name).await? else {
+            return Err(Error::bad_request(INVALID_CREDENTIALS));
+        };
 
         let mut metadata = BTreeMap::new();
         if role.bind_secret_id {
@@ -628,17 +675,25 @@ impl LogicalBackend for AppRole {
                 ([], Operation::Delete) => self.delete_role(name).await,
                 (["role-id"], Operation::Read) => self.read_role_id(name).await,
                 (["role-id"], Operation::Update) => self.write_role_id(req, name).await,
-                (["secret-id"] | ["secret-id", ""], Operation::List) => self.list_secret_ids(name).await,
-                (["secret-id"], Operation::Update) => self.generate_secret_id(req, name, None).await,
+                (["secret-id"] | ["secret-id", ""], Operation::List) => {
+                    self.list_secret_ids(name).await
+                }
+                (["secret-id"], Operation::Update) => {
+                    self.generate_secret_id(req, name, None).await
+                }
                 (["custom-secret-id"], Operation::Update) => {
                     let s = Fields::new(&req.data).string("secret_id")?;
                     self.generate_secret_id(req, name, Some(s)).await
                 }
-                (["secret-id", "lookup"], Operation::Update) => self.secret_id_op(req, name, false).await,
+                (["secret-id", "lookup"], Operation::Update) => {
+                    self.secret_id_op(req, name, false).await
+                }
                 (["secret-id", "destroy"], Operation::Update | Operation::Delete) => {
                     self.secret_id_op(req, name, true).await
                 }
-                (["secret-id-accessor", "lookup"], Operation::Update) => self.accessor_op(req, name, false).await,
+                (["secret-id-accessor", "lookup"], Operation::Update) => {
+                    self.accessor_op(req, name, false).await
+                }
                 (["secret-id-accessor", "destroy"], Operation::Update | Operation::Delete) => {
                     self.accessor_op(req, name, true).await
                 }

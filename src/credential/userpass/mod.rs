@@ -51,7 +51,8 @@ async fn hash_password(password: Zeroizing<String>) -> Result<String> {
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| Error::internal("random source failed"))?;
-        let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal(format!("password hashing failed: {e}")))?;
+        let salt = SaltString::encode_b64(&salt)
+            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
@@ -85,7 +86,9 @@ async fn dummy_hash() -> Result<String> {
 /// Vault's `GenericNameRegex` for user names.
 fn valid_name(name: &str) -> bool {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else { return false };
+    let (Some(first), Some(last)) = (name.chars().next(), name.chars().last()) else {
+        return false;
+    };
     word(first) && word(last) && name.chars().all(|c| word(c) || matches!(c, '-' | '.' | '@'))
 }
 
@@ -111,7 +114,8 @@ impl Userpass {
     }
 
     async fn user(&self, name: &str) -> Result<Option<UserEntry>> {
-        let mut entry: Option<UserEntry> = self.view.get_json(&format!("user/{}", name.to_lowercase())).await?;
+        let mut entry: Option<UserEntry> =
+            self.view.get_json(&format!("user/{}", name.to_lowercase())).await?;
         // Vault's upgrade of legacy fields on read.
         if let Some(u) = entry.as_mut() {
             if u.token.token_ttl == 0 && u.ttl > 0 {
@@ -182,7 +186,9 @@ impl Userpass {
 
     async fn set_password(&self, req: &Request, name: &str) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
-        let Some(mut u) = self.user(name).await? else { return Err(multierror("username does not exist")) };
+        let Some(mut u) = self.user(name).await? else {
+            return Err(multierror("username does not exist"));
+        };
         let password = Zeroizing::new(f.string("password")?);
         check_password_input(&password, &f.string("password_hash")?)?;
         u.password_hash = hash_password(password).await?;
@@ -192,11 +198,14 @@ impl Userpass {
 
     async fn set_policies(&self, req: &Request, name: &str) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
-        let Some(mut u) = self.user(name).await? else { return Err(multierror("username does not exist")) };
+        let Some(mut u) = self.user(name).await? else {
+            return Err(multierror("username does not exist"));
+        };
         match f.comma_strings("token_policies")? {
             Some(p) => {
                 u.token.token_policies = sanitize_policies(&p, false);
-                u.policies = if f.has("policies") { u.token.token_policies.clone() } else { Vec::new() };
+                u.policies =
+                    if f.has("policies") { u.token.token_policies.clone() } else { Vec::new() };
             }
             None => {
                 if let Some(p) = f.comma_strings("policies")? {
@@ -218,7 +227,9 @@ impl Userpass {
         }
         let user = self.user(&username).await?;
         let phc = match &user {
-            Some(u) if u.password_hash.is_empty() => return Err(Error::bad_request(INVALID_CREDENTIALS)),
+            Some(u) if u.password_hash.is_empty() => {
+                return Err(Error::bad_request(INVALID_CREDENTIALS))
+            }
             Some(u) => u.password_hash.clone(),
             None => dummy_hash().await?,
         };
@@ -256,7 +267,8 @@ fn upgrade_legacy(f: &Fields, u: &mut UserEntry) -> Result<()> {
         u.token.token_max_ttl = u.max_ttl;
     }
     if f.has("token_bound_cidrs") {
-        u.bound_cidrs = if f.has("bound_cidrs") { u.token.token_bound_cidrs.clone() } else { Vec::new() };
+        u.bound_cidrs =
+            if f.has("bound_cidrs") { u.token.token_bound_cidrs.clone() } else { Vec::new() };
     } else if let Some(c) = f.comma_strings("bound_cidrs")? {
         u.bound_cidrs = parse_cidrs(&c).map_err(Error::BadRequest)?;
         u.token.token_bound_cidrs = u.bound_cidrs.clone();

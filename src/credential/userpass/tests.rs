@@ -60,8 +60,18 @@ async fn user_crud_and_shapes() {
         })
     );
     assert_eq!(read(&u, "users/ALICE").await, d, "names are case-insensitive");
-    assert_eq!(u.existence_check(&req(Operation::Update, "users/alice", json!({})), "users/alice").await.unwrap(), Some(true));
-    assert_eq!(u.existence_check(&req(Operation::Update, "users/bob", json!({})), "users/bob").await.unwrap(), Some(false));
+    assert_eq!(
+        u.existence_check(&req(Operation::Update, "users/alice", json!({})), "users/alice")
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        u.existence_check(&req(Operation::Update, "users/bob", json!({})), "users/bob")
+            .await
+            .unwrap(),
+        Some(false)
+    );
 
     // The password is stored only as an Argon2id hash, behind the barrier.
     let stored = u.user("alice").await.unwrap().unwrap();
@@ -74,11 +84,15 @@ async fn user_crud_and_shapes() {
     assert_eq!(list["keys"], json!(["alice"]));
 
     // Legacy `policies` shows up on read when used.
-    call(&u, Operation::Update, "users/alice/policies", json!({"policies": "P2,p3"})).await.unwrap();
+    call(&u, Operation::Update, "users/alice/policies", json!({"policies": "P2,p3"}))
+        .await
+        .unwrap();
     let d = read(&u, "users/alice").await;
     assert_eq!(d["policies"], json!(["p2", "p3"]));
     assert_eq!(d["token_policies"], json!(["p2", "p3"]));
-    call(&u, Operation::Update, "users/alice/policies", json!({"token_policies": ["x"]})).await.unwrap();
+    call(&u, Operation::Update, "users/alice/policies", json!({"token_policies": ["x"]}))
+        .await
+        .unwrap();
     let d = read(&u, "users/alice").await;
     assert_eq!(d["token_policies"], json!(["x"]));
     assert!(!d.contains_key("policies"));
@@ -93,14 +107,22 @@ async fn user_crud_and_shapes() {
 async fn user_write_errors() {
     let (u, _) = engine().await;
     let e = |r: Result<Option<Response>>| r.unwrap_err().to_string();
-    assert_eq!(e(call(&u, Operation::Update, "users/bob", json!({"policies": ["x"]})).await), "must provide either password or password_hash");
     assert_eq!(
-        e(call(&u, Operation::Update, "users/bob", json!({"password": "x", "password_hash": "y"})).await),
+        e(call(&u, Operation::Update, "users/bob", json!({"policies": ["x"]})).await),
+        "must provide either password or password_hash"
+    );
+    assert_eq!(
+        e(call(&u, Operation::Update, "users/bob", json!({"password": "x", "password_hash": "y"}))
+            .await),
         "only one of password or password_hash may be provided"
     );
-    assert!(e(call(&u, Operation::Update, "users/bob", json!({"password_hash": "$2a$10$abc"})).await).contains("not supported"));
+    assert!(e(
+        call(&u, Operation::Update, "users/bob", json!({"password_hash": "$2a$10$abc"})).await
+    )
+    .contains("not supported"));
     assert_eq!(
-        e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_ttl": "abc"})).await),
+        e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_ttl": "abc"}))
+            .await),
         "error converting input for field \"token_ttl\": time: invalid duration \"abc\""
     );
     assert_eq!(
@@ -108,7 +130,13 @@ async fn user_write_errors() {
         "error converting input for field \"token_ttl\": cannot provide negative value '-5'"
     );
     assert_eq!(
-        e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_ttl": 100, "token_max_ttl": 50})).await),
+        e(call(
+            &u,
+            Operation::Update,
+            "users/z",
+            json!({"password": "x", "token_ttl": 100, "token_max_ttl": 50})
+        )
+        .await),
         "'token_ttl' cannot be greater than 'token_max_ttl'"
     );
     assert_eq!(
@@ -116,24 +144,35 @@ async fn user_write_errors() {
         "error parsing address \"bad\": Unable to convert \"bad\" to an IPv4 or IPv6 address, or a UNIX Socket"
     );
     assert_eq!(
-        e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_type": "weird"})).await),
+        e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_type": "weird"}))
+            .await),
         "invalid 'token_type' value \"weird\""
     );
     assert_eq!(
         e(call(&u, Operation::Update, "users/z", json!({"password": "x", "token_no_default_policy": "xyz"})).await),
         "error converting input for field \"token_no_default_policy\": '' cannot parse value as 'bool': strconv.ParseBool: invalid syntax"
     );
-    assert!(call(&u, Operation::Read, "users/z", json!({})).await.unwrap().is_none(), "nothing written on error");
+    assert!(
+        call(&u, Operation::Read, "users/z", json!({})).await.unwrap().is_none(),
+        "nothing written on error"
+    );
     assert_eq!(
         e(call(&u, Operation::Update, "users/nobody/password", json!({"password": "x"})).await),
         "1 error occurred:\n\t* username does not exist\n\n"
     );
     assert_eq!(
-        e(call(&u, Operation::Update, "users/nobody/policies", json!({"token_policies": "x"})).await),
+        e(call(&u, Operation::Update, "users/nobody/policies", json!({"token_policies": "x"}))
+            .await),
         "1 error occurred:\n\t* username does not exist\n\n"
     );
-    assert!(matches!(call(&u, Operation::Read, "users/a/password", json!({})).await, Err(Error::UnsupportedOperation)));
-    assert!(matches!(call(&u, Operation::Update, "nothing", json!({})).await, Err(Error::UnsupportedPath)));
+    assert!(matches!(
+        call(&u, Operation::Read, "users/a/password", json!({})).await,
+        Err(Error::UnsupportedOperation)
+    ));
+    assert!(matches!(
+        call(&u, Operation::Update, "nothing", json!({})).await,
+        Err(Error::UnsupportedPath)
+    ));
 }
 
 #[tokio::test]
@@ -148,7 +187,10 @@ async fn login_success_failure_and_password_change() {
     )
     .await
     .unwrap();
-    let r = call(&u, Operation::Update, "login/ALICE", json!({"password": "pw1"})).await.unwrap().unwrap();
+    let r = call(&u, Operation::Update, "login/ALICE", json!({"password": "pw1"}))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(r.data.is_none());
     let a = r.auth.unwrap();
     assert_eq!(a.policies, vec!["a", "b", "default"]);
@@ -161,20 +203,46 @@ async fn login_success_failure_and_password_change() {
         Err(Error::BadRequest(m)) => m,
         other => panic!("expected 400, got {other:?}"),
     };
-    assert_eq!(bad(call(&u, Operation::Update, "login/alice", json!({"password": "nope"})).await), "invalid username or password");
-    assert_eq!(bad(call(&u, Operation::Update, "login/nobody", json!({"password": "nope"})).await), "invalid username or password");
-    assert!(matches!(call(&u, Operation::Update, "login/alice", json!({})).await, Err(Error::Internal(m)) if m == "missing password"));
+    assert_eq!(
+        bad(call(&u, Operation::Update, "login/alice", json!({"password": "nope"})).await),
+        "invalid username or password"
+    );
+    assert_eq!(
+        bad(call(&u, Operation::Update, "login/nobody", json!({"password": "nope"})).await),
+        "invalid username or password"
+    );
+    assert!(
+        matches!(call(&u, Operation::Update, "login/alice", json!({})).await, Err(Error::Internal(m)) if m == "missing password")
+    );
 
     call(&u, Operation::Update, "users/alice/password", json!({"password": "pw2"})).await.unwrap();
-    assert_eq!(bad(call(&u, Operation::Update, "login/alice", json!({"password": "pw1"})).await), "invalid username or password");
-    assert!(call(&u, Operation::Update, "login/alice", json!({"password": "pw2"})).await.unwrap().unwrap().auth.is_some());
     assert_eq!(
-        call(&u, Operation::Update, "users/alice/password", json!({})).await.unwrap_err().to_string(),
+        bad(call(&u, Operation::Update, "login/alice", json!({"password": "pw1"})).await),
+        "invalid username or password"
+    );
+    assert!(call(&u, Operation::Update, "login/alice", json!({"password": "pw2"}))
+        .await
+        .unwrap()
+        .unwrap()
+        .auth
+        .is_some());
+    assert_eq!(
+        call(&u, Operation::Update, "users/alice/password", json!({}))
+            .await
+            .unwrap_err()
+            .to_string(),
         "must provide either password or password_hash"
     );
 
     // token_no_default_policy leaves `default` out; updating without a password keeps it.
-    call(&u, Operation::Update, "users/alice", json!({"token_no_default_policy": true})).await.unwrap();
-    let a = call(&u, Operation::Update, "login/alice", json!({"password": "pw2"})).await.unwrap().unwrap().auth.unwrap();
+    call(&u, Operation::Update, "users/alice", json!({"token_no_default_policy": true}))
+        .await
+        .unwrap();
+    let a = call(&u, Operation::Update, "login/alice", json!({"password": "pw2"}))
+        .await
+        .unwrap()
+        .unwrap()
+        .auth
+        .unwrap();
     assert_eq!(a.policies, vec!["a", "b"]);
 }

@@ -41,7 +41,9 @@ pub struct TokenParams {
 /// go-sockaddr prints it (a single host keeps no prefix length).
 pub fn parse_cidr(s: &str) -> std::result::Result<String, String> {
     let t = s.trim();
-    let bad = || format!("error parsing address \"{t}\": Unable to convert \"{t}\" to an IPv4 or IPv6 address, or a UNIX Socket");
+    let bad = || {
+        format!("error parsing address \"{t}\": Unable to convert \"{t}\" to an IPv4 or IPv6 address, or a UNIX Socket")
+    };
     let (ip, prefix) = match t.split_once('/') {
         Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
         None => (t, None),
@@ -134,7 +136,9 @@ impl TokenParams {
             self.token_strictly_bind_ip = v;
         }
         if self.token_strictly_bind_ip && !self.token_bound_cidrs.is_empty() {
-            return Err(bad("'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one"));
+            return Err(bad(
+                "'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one",
+            ));
         }
         Ok(())
     }
@@ -157,7 +161,12 @@ impl TokenParams {
     /// `PopulateTokenAuth` plus what Vault's core does with it: the token's policies are
     /// sanitised with `default` added unless `token_no_default_policy`, and the display name is
     /// the mount's path (without `auth/`, slashes as dashes) followed by `name`.
-    pub fn to_auth(&self, mount_point: &str, name: &str, metadata: std::collections::BTreeMap<String, String>) -> Auth {
+    pub fn to_auth(
+        &self,
+        mount_point: &str,
+        name: &str,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Auth {
         let source = mount_point.strip_prefix("auth/").unwrap_or(mount_point).replace('/', "-");
         let display = format!("{source}{name}");
         Auth {
@@ -201,11 +210,15 @@ mod tests {
 
     #[test]
     fn auth_display_name() {
-        let t = TokenParams { token_policies: vec!["a".into()], token_ttl: 60, ..Default::default() };
+        let t =
+            TokenParams { token_policies: vec!["a".into()], token_ttl: 60, ..Default::default() };
         let a = t.to_auth("auth/userpass/", "alice", Default::default());
         assert_eq!(a.display_name, "userpass-alice");
         assert_eq!(a.policies, vec!["a", "default"]);
         assert_eq!(t.to_auth("auth/approle/", "", Default::default()).display_name, "approle");
-        assert_eq!(t.to_auth("auth/team/up/", "bob", Default::default()).display_name, "team-up-bob");
+        assert_eq!(
+            t.to_auth("auth/team/up/", "bob", Default::default()).display_name,
+            "team-up-bob"
+        );
     }
 }
