@@ -1,8 +1,10 @@
-//! Routes a logical request to the secrets engine mounted at the longest matching prefix.
+//! Routes a logical request to the secrets engine or auth method mounted at the longest matching
+//! prefix.
 //!
-//! The route table is rebuilt whole from the mount table on every change and swapped in behind
-//! one pointer, so a request always sees a consistent set of mounts without holding a lock while
-//! it runs.
+//! The route table is rebuilt whole from the mount and auth tables on every change and swapped in
+//! behind one pointer, so a request always sees a consistent set of mounts without holding a lock
+//! while it runs. Mounts the core serves itself (`sys/`, `auth/token/`, `identity/`,
+//! `cubbyhole/`) have a route without a backend, so the UI mount preflight can still name them.
 
 use std::sync::{Arc, RwLock};
 
@@ -33,11 +35,31 @@ pub trait LogicalBackend: Send + Sync {
     async fn existence_check(&self, _req: &Request, _path: &str) -> Result<Option<bool>> {
         Ok(None)
     }
+
+    /// Paths (relative to the mount, same pattern syntax) that need `sudo` in the caller's
+    /// policy, or a root token (Vault's `PathsSpecial.Root`).
+    fn root_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Whether `path` matches one of Vault's special-path patterns: exact, or a prefix when the
+/// pattern ends with `*`.
+pub fn path_matches(patterns: &[&str], path: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == *p,
+    })
 }
 
 pub struct Route {
     pub entry: MountEntry,
-    pub backend: Arc<dyn LogicalBackend>,
+    /// The request path prefix: `secret/`, or `auth/userpass/` for an auth method.
+    pub prefix: String,
+    /// An auth method (from the auth table).
+    pub is_auth: bool,
+    /// `None` for the mounts the core serves itself.
+    pub backend: Option<Arc<dyn LogicalBackend>>,
 }
 
 #[derive(Default)]
@@ -51,24 +73,31 @@ impl Router {
         Self::default()
     }
 
-    /// Builds engines for every mount in `table`. Mounts handled by core (sys, identity,
-    /// cubbyhole for now) get no engine here.
-    pub fn rebuild(&self, barrier: &Arc<Barrier>, table: &[MountEntry]) -> Result<()> {
-        let mut routes = Vec::with_capacity(table.len());
-        for entry in table {
+    /// Builds engines for every mount in `mounts` and every auth method in `auth`.
+    pub fn rebuild(&self, barrier: &Arc<Barrier>, mounts: &[MountEntry], auth: &[MountEntry]) -> Result<()> {
+        let mut routes = Vec::with_capacity(mounts.len() + auth.len());
+        for entry in mounts {
             let view = View::new(barrier.clone(), entry.storage_prefix());
-            let backend: Arc<dyn LogicalBackend> = match entry.kind.as_str() {
-                "kv" if entry.kv_version() == 2 => Arc::new(KvV2::new(view)),
-                "kv" => Arc::new(KvV1::new(view)),
-                "transit" => Arc::new(crate::transit::Transit::new(view)),
-                "userpass" => Arc::new(crate::credential::userpass::Userpass::new(view)),
-                "approle" => Arc::new(crate::credential::approle::AppRole::new(view)),
-                "system" | "identity" | "cubbyhole" => continue,
+            let backend: Option<Arc<dyn LogicalBackend>> = match entry.kind.as_str() {
+                "kv" if entry.kv_version() == 2 => Some(Arc::new(KvV2::new(view))),
+                "kv" => Some(Arc::new(KvV1::new(view))),
+                "transit" => Some(Arc::new(crate::transit::Transit::new(view))),
+                "system" | "identity" | "cubbyhole" => None,
                 other => return Err(Error::internal(format!("mount {} has unknown type {other}", entry.path))),
             };
-            routes.push(Arc::new(Route { entry: entry.clone(), backend }));
+            routes.push(Arc::new(Route { entry: entry.clone(), prefix: entry.path.clone(), is_auth: false, backend }));
         }
-        routes.sort_by(|a, b| b.entry.path.len().cmp(&a.entry.path.len()));
+        for entry in auth {
+            let view = View::new(barrier.clone(), entry.auth_storage_prefix());
+            let backend: Option<Arc<dyn LogicalBackend>> = match entry.kind.as_str() {
+                "userpass" => Some(Arc::new(crate::credential::userpass::Userpass::new(view))),
+                "approle" => Some(Arc::new(crate::credential::approle::AppRole::new(view))),
+                "token" => None,
+                other => return Err(Error::internal(format!("auth method {} has unknown type {other}", entry.path))),
+            };
+            routes.push(Arc::new(Route { entry: entry.clone(), prefix: format!("auth/{}", entry.path), is_auth: true, backend }));
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
         let mut guard = self.routes.write().map_err(|_| Error::internal("router lock poisoned"))?;
         *guard = Arc::new(routes);
         Ok(())
@@ -84,7 +113,7 @@ impl Router {
     pub fn matching(&self, path: &str) -> Option<(Arc<Route>, String)> {
         let routes = self.routes.read().ok()?.clone();
         for r in routes.iter() {
-            let mount = r.entry.path.as_str();
+            let mount = r.prefix.as_str();
             if let Some(rest) = path.strip_prefix(mount) {
                 return Some((r.clone(), rest.to_string()));
             }
@@ -98,7 +127,8 @@ impl Router {
 
     pub async fn route(&self, req: &Request) -> Result<Option<Response>> {
         let (route, rest) = self.matching(&req.path).ok_or_else(|| Error::NoHandler(req.path.clone()))?;
-        let mut resp = route.backend.handle(req, &rest).await?;
+        let backend = route.backend.as_ref().ok_or_else(|| Error::NoHandler(req.path.clone()))?;
+        let mut resp = backend.handle(req, &rest).await?;
         if let Some(r) = resp.as_mut() {
             r.mount_type = route.entry.kind.clone();
         }
