@@ -101,6 +101,15 @@ pub struct SealStatus {
     pub cluster: Option<ClusterInfo>,
 }
 
+/// The outcome of the token and policy checks.
+pub enum Authz {
+    /// A path that needs no token (a login).
+    Unauthenticated,
+    Allowed(Caller),
+    /// A valid token the ACL refuses.
+    Denied(Caller),
+}
+
 /// Who serves a request path.
 pub enum Target {
     /// `sys/...`, served by `sys::handle`.
@@ -402,16 +411,17 @@ impl Core {
         }
     }
 
-    /// Steps 3–5 of the pipeline: who is calling and may they do this. `Ok(None)` for an
-    /// unauthenticated path.
-    pub async fn authorize(&self, req: &Request, target: &Target) -> Result<Option<Caller>> {
+    /// Steps 3–5 of the pipeline: who is calling and may they do this. A missing or invalid
+    /// token is an error; a valid token the ACL refuses is [`Authz::Denied`], because a refused
+    /// request still spends one of the token's uses, as in Vault.
+    pub async fn authorize(&self, req: &Request, target: &Target) -> Result<Authz> {
         let unauthenticated = match target {
             Target::Sys => sys::is_unauthenticated(req.path.strip_prefix("sys/").unwrap_or("")),
             Target::Routed(route, rest) => route.backend.as_ref().is_some_and(|b| path_matches(b.unauthenticated_paths(), rest)),
             Target::TokenStore | Target::Unrouted => false,
         };
         if unauthenticated {
-            return Ok(None);
+            return Ok(Authz::Unauthenticated);
         }
         let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
         let (hash, entry) = self.tokens.lookup(token).await?;
@@ -426,10 +436,10 @@ impl Core {
             };
             let d = acl.allow(op, &req.path, &req.data);
             if !d.allowed || (self.requires_sudo(req, target) && !d.sudo) {
-                return Err(Error::PermissionDenied);
+                return Ok(Authz::Denied(Caller { token: token.to_string(), hash, entry, acl }));
             }
         }
-        Ok(Some(Caller { token: token.to_string(), hash, entry, acl }))
+        Ok(Authz::Allowed(Caller { token: token.to_string(), hash, entry, acl }))
     }
 
     /// `create` or `update` for a write. The backend's existence check (a storage read) runs
@@ -466,19 +476,19 @@ impl Core {
         let (target, mount_point) = self.target(&req.path);
         let mut req = req.clone();
         req.mount_point = mount_point;
-        let caller = self.authorize(&req, &target).await?;
-        let mut last_use = false;
-        let caller = match caller {
-            Some(mut c) => {
-                let (entry, last) = self.tokens.use_token(&c.hash, c.entry.clone()).await?;
-                c.entry = entry;
-                last_use = last;
-                req.client = Some(c.entry.clone());
-                Some(c)
-            }
-            None => None,
+        let (mut caller, allowed) = match self.authorize(&req, &target).await? {
+            Authz::Unauthenticated => (None, true),
+            Authz::Allowed(c) => (Some(c), true),
+            Authz::Denied(c) => (Some(c), false),
         };
-        let result = self.dispatch(&req, target, caller.as_ref()).await;
+        let mut last_use = false;
+        if let Some(c) = caller.as_mut() {
+            let (entry, last) = self.tokens.use_token(&c.hash, c.entry.clone()).await?;
+            c.entry = entry;
+            last_use = last;
+            req.client = Some(c.entry.clone());
+        }
+        let result = if allowed { self.dispatch(&req, target, caller.as_ref()).await } else { Err(Error::PermissionDenied) };
         if let (true, Some(c)) = (last_use, &caller) {
             if let Err(e) = self.tokens.revoke_tree(&c.hash).await {
                 tracing::warn!(error = %e, "revoking a used-up token failed; the tidy will retry");
@@ -765,7 +775,7 @@ mod tests {
         });
         let target = Target::Routed(route.clone(), "login/bob".into());
         let r = Request::new(Operation::Update, "auth/fake/login/bob");
-        assert!(core.authorize(&r, &target).await.unwrap().is_none(), "login paths need no token");
+        assert!(matches!(core.authorize(&r, &target).await.unwrap(), Authz::Unauthenticated), "login paths need no token");
         let resp = core.dispatch(&r, target, None).await.unwrap().unwrap();
         let auth = resp.auth.unwrap();
         assert!(auth.client_token.starts_with("hvs."));
@@ -797,7 +807,7 @@ mod tests {
         let r = req(Operation::Read, "secret/data/team17/app/db", &t, json!({}));
         let (target, _) = core.target(&r.path);
         for _ in 0..1000 {
-            assert!(core.authorize(&r, &target).await.unwrap().is_some());
+            assert!(matches!(core.authorize(&r, &target).await.unwrap(), Authz::Allowed(_)));
         }
         let n = 200_000;
         let start = Instant::now();
