@@ -326,7 +326,6 @@ impl Core {
         self.router.rebuild(&self.barrier, &table, &auth)?;
         self.policies.invalidate();
         self.policies.ensure_default().await?;
-        self.tokens.start_tidy();
         let info: Option<ClusterInfo> = core.get_json("cluster/local/info").await?;
         if let Ok(mut c) = self.cluster.write() {
             *c = info;
@@ -334,6 +333,9 @@ impl Core {
         if let Ok(mut a) = self.active_since.write() {
             *a = Some(crate::kv::now_rfc3339());
         }
+        // Last before ready: nothing can fail after the tidy starts, so a failed unseal never
+        // leaves it running against a sealed barrier.
+        self.tokens.start_tidy();
         self.ready.store(true, Ordering::Release);
         Ok(())
     }

@@ -193,7 +193,10 @@ impl Permissions {
 }
 
 /// Vault's merge of parameter constraints: an empty list (any value) wins, else values append.
-fn merge_params(into: &mut Option<HashMap<String, Vec<Value>>>, from: &Option<HashMap<String, Vec<Value>>>) {
+fn merge_params(
+    into: &mut Option<HashMap<String, Vec<Value>>>,
+    from: &Option<HashMap<String, Vec<Value>>>,
+) {
     let Some(from) = from else { return };
     if from.is_empty() {
         return;
@@ -237,7 +240,8 @@ pub struct Policy {
 
 /// Parses a policy. The error is the message Vault returns (400) for invalid policy text.
 pub fn parse(name: &str, raw: &str) -> Result<Policy, String> {
-    let blocks = if raw.trim_start().starts_with('{') { json_blocks(raw)? } else { hcl_blocks(raw)? };
+    let blocks =
+        if raw.trim_start().starts_with('{') { json_blocks(raw)? } else { hcl_blocks(raw)? };
     if blocks.len() > MAX_RULES {
         return Err(format!("failed to parse policy: more than {MAX_RULES} path blocks"));
     }
@@ -248,38 +252,57 @@ pub fn parse(name: &str, raw: &str) -> Result<Policy, String> {
     Ok(Policy { name: name.to_string(), raw: raw.to_string(), rules })
 }
 
-/// The `path` blocks of HCL policy text, as (pattern, body as JSON).
-fn hcl_blocks(raw: &str) -> Result<Vec<(String, Map<String, Value>)>, String> {
-    let body = hcl::parse(raw).map_err(|e| format!("failed to parse policy: {}", e.to_string().trim_start()))?;
+/// One `path` block before validation: its pattern and its body as JSON.
+type RawRule = (String, Map<String, Value>);
+
+/// The `path` blocks of HCL policy text.
+fn hcl_blocks(raw: &str) -> Result<Vec<RawRule>, String> {
+    let body = hcl::parse(raw)
+        .map_err(|e| format!("failed to parse policy: {}", e.to_string().trim_start()))?;
     let mut out = Vec::new();
     for structure in body.into_inner() {
         match structure {
             hcl::Structure::Attribute(attr) => {
                 // `name = "..."` is allowed at the top level and ignored, as in Vault.
                 if attr.key.as_str() != "name" {
-                    return Err(format!("failed to parse policy: invalid key {:?}", attr.key.as_str()));
+                    return Err(format!(
+                        "failed to parse policy: invalid key {:?}",
+                        attr.key.as_str()
+                    ));
                 }
             }
             hcl::Structure::Block(block) => {
                 if block.identifier.as_str() != "path" {
-                    return Err(format!("failed to parse policy: invalid key {:?}", block.identifier.as_str()));
+                    return Err(format!(
+                        "failed to parse policy: invalid key {:?}",
+                        block.identifier.as_str()
+                    ));
                 }
                 let [label] = block.labels.as_slice() else {
-                    return Err("failed to parse policy: a path block needs exactly one path".into());
+                    return Err(
+                        "failed to parse policy: a path block needs exactly one path".into()
+                    );
                 };
                 let key = label.as_str().to_string();
                 let mut m = Map::new();
                 for s in block.body.into_inner() {
                     match s {
                         hcl::Structure::Attribute(a) => {
-                            m.insert(a.key.as_str().to_string(), expr_to_json(a.expr).map_err(|e| format!("path {key:?}: {e}"))?);
+                            m.insert(
+                                a.key.as_str().to_string(),
+                                expr_to_json(a.expr).map_err(|e| format!("path {key:?}: {e}"))?,
+                            );
                         }
                         // HCL1's `allowed_parameters { ... }` block form of an object attribute.
                         hcl::Structure::Block(b) => {
                             let mut obj = Map::new();
                             for inner in b.body.into_inner() {
                                 if let hcl::Structure::Attribute(a) = inner {
-                                    obj.insert(a.key.as_str().to_string(), expr_to_json(a.expr).map_err(|e| format!("path {key:?}: {e}"))?);
+                                    obj.insert(
+                                        a.key.as_str().to_string(),
+                                        expr_to_json(a.expr)
+                                            .map_err(|e| format!("path {key:?}: {e}"))?,
+                                    );
                                 }
                             }
                             m.insert(b.identifier.as_str().to_string(), Value::Object(obj));
@@ -297,16 +320,20 @@ fn expr_to_json(e: hcl::Expression) -> Result<Value, String> {
     Ok(match e {
         hcl::Expression::Null => Value::Null,
         hcl::Expression::Bool(b) => Value::Bool(b),
-        hcl::Expression::Number(n) => serde_json::to_value(&n).map_err(|e| e.to_string())?,
+        hcl::Expression::Number(n) => serde_json::to_value(n).map_err(|e| e.to_string())?,
         hcl::Expression::String(s) => Value::String(s),
-        hcl::Expression::Array(a) => Value::Array(a.into_iter().map(expr_to_json).collect::<Result<_, _>>()?),
+        hcl::Expression::Array(a) => {
+            Value::Array(a.into_iter().map(expr_to_json).collect::<Result<_, _>>()?)
+        }
         hcl::Expression::Object(o) => {
             let mut m = Map::new();
             for (k, v) in o {
                 let key = match k {
                     hcl::ObjectKey::Identifier(i) => i.to_string(),
                     hcl::ObjectKey::Expression(hcl::Expression::String(s)) => s,
-                    hcl::ObjectKey::Expression(other) => return Err(format!("unsupported object key {other}")),
+                    hcl::ObjectKey::Expression(other) => {
+                        return Err(format!("unsupported object key {other}"))
+                    }
                     _ => return Err("unsupported object key".into()),
                 };
                 m.insert(key, expr_to_json(v)?);
@@ -321,7 +348,7 @@ fn expr_to_json(e: hcl::Expression) -> Result<Value, String> {
 }
 
 /// The JSON form: `{"path": {"<pattern>": {...}, ...}}` or `{"path": [{"<pattern>": {...}}]}`.
-fn json_blocks(raw: &str) -> Result<Vec<(String, Map<String, Value>)>, String> {
+fn json_blocks(raw: &str) -> Result<Vec<RawRule>, String> {
     let v: Value = serde_json::from_str(raw).map_err(|e| format!("failed to parse policy: {e}"))?;
     let Value::Object(top) = v else {
         return Err("failed to parse policy: does not contain a root object".into());
@@ -346,7 +373,9 @@ fn json_blocks(raw: &str) -> Result<Vec<(String, Map<String, Value>)>, String> {
                         };
                         for b in bodies {
                             let Value::Object(b) = b else {
-                                return Err(format!("failed to parse policy: path {p:?}: must be an object"));
+                                return Err(format!(
+                                    "failed to parse policy: path {p:?}: must be an object"
+                                ));
                             };
                             out.push((p.clone(), b));
                         }
@@ -414,8 +443,11 @@ fn parse_rule(key: &str, body: &Map<String, Value>) -> Result<PathRule, String> 
         match p {
             "deny" => names = vec!["deny".into()],
             "read" => names.extend(["read", "list"].map(String::from)),
-            "write" => names.extend(["create", "read", "update", "delete", "list"].map(String::from)),
-            "sudo" => names.extend(["create", "read", "update", "delete", "list", "sudo"].map(String::from)),
+            "write" => {
+                names.extend(["create", "read", "update", "delete", "list"].map(String::from))
+            }
+            "sudo" => names
+                .extend(["create", "read", "update", "delete", "list", "sudo"].map(String::from)),
             other => return Err(format!("path {key:?}: invalid policy {other:?}")),
         }
     }
@@ -434,7 +466,9 @@ fn parse_rule(key: &str, body: &Map<String, Value>) -> Result<PathRule, String> 
             "sudo" => caps::SUDO,
             "patch" => caps::PATCH,
             "scan" => caps::SCAN,
-            other => return Err(format!("path {key:?}: path {key:?}: invalid capability {other:?}")),
+            other => {
+                return Err(format!("path {key:?}: path {key:?}: invalid capability {other:?}"))
+            }
         };
         bits |= bit;
     }
@@ -444,9 +478,17 @@ fn parse_rule(key: &str, body: &Map<String, Value>) -> Result<PathRule, String> 
         perms.allowed_parameters = param_map(key, body.get("allowed_parameters"))?;
         perms.denied_parameters = param_map(key, body.get("denied_parameters"))?;
         if let Some(v) = body.get("required_parameters") {
-            let a = v.as_array().ok_or_else(|| format!("path {key:?}: required_parameters must be a list"))?;
+            let a = v
+                .as_array()
+                .ok_or_else(|| format!("path {key:?}: required_parameters must be a list"))?;
             for p in a {
-                perms.required_parameters.push(p.as_str().ok_or_else(|| format!("path {key:?}: required_parameters must be strings"))?.to_string());
+                perms.required_parameters.push(
+                    p.as_str()
+                        .ok_or_else(|| {
+                            format!("path {key:?}: required_parameters must be strings")
+                        })?
+                        .to_string(),
+                );
             }
         }
         let min = wrapping_ttl(key, body.get("min_wrapping_ttl"), "min_wrapping_ttl")?;
@@ -484,7 +526,9 @@ fn param_map(key: &str, v: Option<&Value>) -> Result<Option<HashMap<String, Vec<
 fn wrapping_ttl(key: &str, v: Option<&Value>, what: &str) -> Result<u64, String> {
     match v {
         None | Some(Value::Null) => Ok(0),
-        Some(v) => parse_duration_value(v).map_err(|e| format!("path {key:?}: error parsing {what}: {e}")),
+        Some(v) => {
+            parse_duration_value(v).map_err(|e| format!("path {key:?}: error parsing {what}: {e}"))
+        }
     }
 }
 
@@ -608,7 +652,12 @@ fn priority(a: &Candidate<'_, '_>, b: &Candidate<'_, '_>) -> Ordering {
 impl Acl {
     /// The ACL of a set of policies. A set containing `root` grants everything.
     pub fn new(policies: &[&Policy]) -> Acl {
-        let mut acl = Acl { root: false, exact: HashMap::new(), prefix: PrefixTrie::new(), segment: Vec::new() };
+        let mut acl = Acl {
+            root: false,
+            exact: HashMap::new(),
+            prefix: PrefixTrie::new(),
+            segment: Vec::new(),
+        };
         for p in policies {
             if p.name == ROOT_POLICY {
                 acl.root = true;
@@ -783,7 +832,10 @@ impl Acl {
             let mut segments: Vec<&str> = Vec::new();
             for (i, part) in wc.iter().enumerate() {
                 let Some(seg) = parts.get(i) else { break };
-                if *part == "+" || part == seg || (is_prefix && i + 1 == wc.len() && seg.starts_with(part)) {
+                if *part == "+"
+                    || part == seg
+                    || (is_prefix && i + 1 == wc.len() && seg.starts_with(part))
+                {
                     segments.push(seg);
                 }
                 if i == parts.len() - 2 {
@@ -800,7 +852,11 @@ impl Acl {
 }
 
 /// Matches a `+` pattern against `path`; the candidate carries what the priority rules need.
-fn segment_match<'a>(full: &'a str, perms: &'a Permissions, path: &str) -> Option<Candidate<'a, 'a>> {
+fn segment_match<'a>(
+    full: &'a str,
+    perms: &'a Permissions,
+    path: &str,
+) -> Option<Candidate<'a, 'a>> {
     if full.is_empty() {
         return None;
     }
@@ -908,7 +964,8 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
 /// Vault's `SanitizePolicies`: trimmed, lowercase, no empty names, no duplicates, sorted, with
 /// `default` added on request; a set containing `root` is just `root`.
 pub fn sanitize(policies: &[String], add_default: bool) -> Vec<String> {
-    let mut out: Vec<String> = policies.iter().map(|p| p.trim().to_lowercase()).filter(|p| !p.is_empty()).collect();
+    let mut out: Vec<String> =
+        policies.iter().map(|p| p.trim().to_lowercase()).filter(|p| !p.is_empty()).collect();
     if out.iter().any(|p| p == ROOT_POLICY) {
         return vec![ROOT_POLICY.to_string()];
     }
@@ -925,7 +982,8 @@ mod tests {
     use super::*;
 
     fn acl(texts: &[&str]) -> Acl {
-        let policies: Vec<Policy> = texts.iter().enumerate().map(|(i, t)| parse(&format!("p{i}"), t).unwrap()).collect();
+        let policies: Vec<Policy> =
+            texts.iter().enumerate().map(|(i, t)| parse(&format!("p{i}"), t).unwrap()).collect();
         let refs: Vec<&Policy> = policies.iter().collect();
         Acl::new(&refs)
     }
@@ -936,19 +994,25 @@ mod tests {
 
     #[test]
     fn parses_capabilities_and_legacy_policy() {
-        let p = parse("x", r#"path "secret/*" { capabilities = ["read", "list"] }
+        let p = parse(
+            "x",
+            r#"path "secret/*" { capabilities = ["read", "list"] }
             path "/sys/mounts" { policy = "write" }
             path "a" {
                 policy = "deny"
                 capabilities = ["read"]
-            }"#)
+            }"#,
+        )
         .unwrap();
         assert_eq!(p.rules.len(), 3);
         assert_eq!(p.rules[0].path, "secret/");
         assert!(p.rules[0].is_prefix);
         assert_eq!(p.rules[0].perms.caps, caps::READ | caps::LIST);
         assert_eq!(p.rules[1].path, "sys/mounts");
-        assert_eq!(p.rules[1].perms.caps, caps::CREATE | caps::READ | caps::UPDATE | caps::DELETE | caps::LIST);
+        assert_eq!(
+            p.rules[1].perms.caps,
+            caps::CREATE | caps::READ | caps::UPDATE | caps::DELETE | caps::LIST
+        );
         assert_eq!(p.rules[2].perms.caps, caps::DENY);
     }
 
@@ -970,7 +1034,11 @@ mod tests {
 
     #[test]
     fn json_policies_parse() {
-        let p = parse("x", r#"{"path": {"secret/*": {"capabilities": ["read"]}, "a/b": {"policy": "write"}}}"#).unwrap();
+        let p = parse(
+            "x",
+            r#"{"path": {"secret/*": {"capabilities": ["read"]}, "a/b": {"policy": "write"}}}"#,
+        )
+        .unwrap();
         assert_eq!(p.rules.len(), 2);
         let a = acl(&[r#"{"path": [{"kv/+/x": {"capabilities": ["list"]}}]}"#]);
         assert!(can(&a, Op::List, "kv/q/x"));
@@ -984,15 +1052,17 @@ mod tests {
         assert!(can(&a, Op::Update, "auth/token/renew-self"));
         assert!(can(&a, Op::Create, "cubbyhole/foo"));
         assert!(can(&a, Op::Read, "identity/oidc/provider/my-provider/authorize"));
-        assert!(!can(&a, Op::Read, "identity/entity/id/{{identity.entity.id}}"), "templated rules grant nothing without identity");
+        assert!(
+            !can(&a, Op::Read, "identity/entity/id/{{identity.entity.id}}"),
+            "templated rules grant nothing without identity"
+        );
         assert!(!can(&a, Op::Read, "secret/data/x"));
         assert!(!can(&a, Op::Update, "auth/token/lookup-self"));
     }
 
     #[test]
     fn exact_prefix_and_deny() {
-        let a = acl(&[
-            r#"path "secret/*" { capabilities = ["read", "list"] }
+        let a = acl(&[r#"path "secret/*" { capabilities = ["read", "list"] }
                path "secret/super-secret" { capabilities = ["deny"] }
                path "secret/restricted" {
                    capabilities = ["create"]
@@ -1000,8 +1070,7 @@ mod tests {
                        "foo" = []
                        "bar" = ["zip", "zap"]
                    }
-               }"#,
-        ]);
+               }"#]);
         assert!(can(&a, Op::Read, "secret/foo"));
         assert!(can(&a, Op::List, "secret/"));
         assert!(!can(&a, Op::Update, "secret/foo"));
@@ -1064,10 +1133,16 @@ mod tests {
         // 1. The first wildcard or glob earlier: lower priority.
         let a = acl(&[r#"path "secret/*" { capabilities = ["read"] }
                        path "secret/+/foo" { capabilities = ["update"] }"#]);
-        assert!(can(&a, Op::Update, "secret/x/foo"), "secret/+ (first + at 7) vs secret/* (glob at 7): not a prefix wins");
+        assert!(
+            can(&a, Op::Update, "secret/x/foo"),
+            "secret/+ (first + at 7) vs secret/* (glob at 7): not a prefix wins"
+        );
         let a = acl(&[r#"path "secret/+/*" { capabilities = ["read"] }
                        path "secret/a/*" { capabilities = ["update"] }"#]);
-        assert!(can(&a, Op::Update, "secret/a/b"), "secret/a/* has its glob later than secret/+/*'s +");
+        assert!(
+            can(&a, Op::Update, "secret/a/b"),
+            "secret/a/* has its glob later than secret/+/*'s +"
+        );
         // 2. Ends in * (prefix) and the other does not: lower.
         let a = acl(&[r#"path "secret/+/x*" { capabilities = ["read"] }
                        path "secret/+/xy" { capabilities = ["update"] }"#]);
@@ -1144,7 +1219,10 @@ mod tests {
 
     #[test]
     fn sanitize_policies() {
-        assert_eq!(sanitize(&["B".into(), " a ".into(), "b".into()], true), vec!["a", "b", "default"]);
+        assert_eq!(
+            sanitize(&["B".into(), " a ".into(), "b".into()], true),
+            vec!["a", "b", "default"]
+        );
         assert_eq!(sanitize(&["root".into(), "x".into()], true), vec!["root"]);
         assert_eq!(normalize_name(" MyPol ").unwrap(), "mypol");
         assert!(normalize_name("").is_err());

@@ -39,9 +39,13 @@ pub struct StoredPolicy {
     pub modified: String,
 }
 
+/// A parsed policy with its stored form.
+pub type Loaded = Arc<(Policy, StoredPolicy)>;
+
 pub struct PolicyStore {
     view: View,
-    policies: RwLock<HashMap<String, Option<Arc<(Policy, StoredPolicy)>>>>,
+    /// `None` caches "no such policy" (a token may name a deleted policy).
+    policies: RwLock<HashMap<String, Option<Loaded>>>,
     acls: RwLock<HashMap<Vec<String>, Arc<Acl>>>,
     generation: AtomicU64,
     /// Serialises writes (read-modify-write of the version number).
@@ -91,10 +95,15 @@ impl PolicyStore {
     }
 
     /// A policy with its stored metadata. `root` is built in and has no text.
-    pub async fn get(&self, name: &str) -> Result<Option<Arc<(Policy, StoredPolicy)>>> {
+    pub async fn get(&self, name: &str) -> Result<Option<Loaded>> {
         if name == ROOT_POLICY {
             let p = Policy { name: ROOT_POLICY.into(), raw: String::new(), rules: Vec::new() };
-            let s = StoredPolicy { name: ROOT_POLICY.into(), policy: String::new(), version: 0, modified: String::new() };
+            let s = StoredPolicy {
+                name: ROOT_POLICY.into(),
+                policy: String::new(),
+                version: 0,
+                modified: String::new(),
+            };
             return Ok(Some(Arc::new((p, s))));
         }
         if let Some(hit) = self.policies.read().ok().and_then(|c| c.get(name).cloned()) {
@@ -106,7 +115,8 @@ impl PolicyStore {
             None => None,
             Some(s) => {
                 // Stored text was valid when written; a parse failure now is corruption.
-                let p = policy::parse(&s.name, &s.policy).map_err(|e| Error::internal(format!("stored policy {name:?}: {e}")))?;
+                let p = policy::parse(&s.name, &s.policy)
+                    .map_err(|e| Error::internal(format!("stored policy {name:?}: {e}")))?;
                 Some(Arc::new((p, s)))
             }
         };
@@ -156,7 +166,14 @@ impl PolicyStore {
 
     /// Every policy name, `root` included, sorted.
     pub async fn list(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self.view.list("").await?.iter().filter(|k| !k.ends_with('/')).map(|k| name_of(k)).collect();
+        let mut names: Vec<String> = self
+            .view
+            .list("")
+            .await?
+            .iter()
+            .filter(|k| !k.ends_with('/'))
+            .map(|k| name_of(k))
+            .collect();
         names.push(ROOT_POLICY.into());
         names.sort();
         names.dedup();

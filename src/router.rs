@@ -97,7 +97,7 @@ impl Router {
             };
             routes.push(Arc::new(Route { entry: entry.clone(), prefix: format!("auth/{}", entry.path), is_auth: true, backend }));
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut guard = self.routes.write().map_err(|_| Error::internal("router lock poisoned"))?;
         *guard = Arc::new(routes);
         Ok(())

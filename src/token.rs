@@ -233,7 +233,12 @@ pub fn human_duration(secs: u64) -> String {
 
 /// Vault's `framework.CalculateTTL`: the TTL a token gets at creation or renewal, capped by the
 /// mount's max TTL (`sys_max`), the backend's and the explicit max, measured from issue time.
-pub fn calculate_ttl(sys_default: u64, sys_max: u64, p: &TtlParams, now_ms: i64) -> Result<(u64, Vec<String>)> {
+pub fn calculate_ttl(
+    sys_default: u64,
+    sys_max: u64,
+    p: &TtlParams,
+    now_ms: i64,
+) -> Result<(u64, Vec<String>)> {
     let now = now_ms.div_euclid(1000);
     let start = if p.start_ms == 0 { now } else { p.start_ms.div_euclid(1000) };
     let mut max_ttl = sys_max;
@@ -315,7 +320,8 @@ impl TokenStore {
 
     fn lock_for(&self, hash: &str) -> &tokio::sync::Mutex<()> {
         let b = hash.as_bytes();
-        let i = b.iter().take(8).fold(0usize, |acc, x| acc.wrapping_mul(31).wrapping_add(*x as usize));
+        let i =
+            b.iter().take(8).fold(0usize, |acc, x| acc.wrapping_mul(31).wrapping_add(*x as usize));
         &self.locks[i % STRIPES]
     }
 
@@ -397,7 +403,11 @@ impl TokenStore {
         if accessor.is_empty() || accessor.len() > 512 {
             return Ok(None);
         }
-        let Some(a) = self.view.get_json::<AccessorEntry>(&format!("accessor/{}", token_hash(accessor))).await? else {
+        let Some(a) = self
+            .view
+            .get_json::<AccessorEntry>(&format!("accessor/{}", token_hash(accessor)))
+            .await?
+        else {
             return Ok(None);
         };
         match self.entry_by_hash(&a.token_hash).await? {
@@ -475,7 +485,10 @@ impl TokenStore {
             ViewOp::Put(format!("id/{hash}"), serde_json::to_vec(&entry)?),
             ViewOp::Put(
                 format!("accessor/{}", token_hash(&entry.accessor)),
-                serde_json::to_vec(&AccessorEntry { accessor: entry.accessor.clone(), token_hash: hash.clone() })?,
+                serde_json::to_vec(&AccessorEntry {
+                    accessor: entry.accessor.clone(),
+                    token_hash: hash.clone(),
+                })?,
             ),
         ];
         if !entry.parent.is_empty() {
@@ -497,7 +510,11 @@ impl TokenStore {
 
     /// Counts one use of a token with limited uses. Returns the entry as of this use and whether
     /// it was the last one (the caller revokes the token when the request is done).
-    pub async fn use_token(&self, hash: &str, entry: Arc<TokenEntry>) -> Result<(Arc<TokenEntry>, bool)> {
+    pub async fn use_token(
+        &self,
+        hash: &str,
+        entry: Arc<TokenEntry>,
+    ) -> Result<(Arc<TokenEntry>, bool)> {
         if entry.num_uses == 0 {
             return Ok((entry, false));
         }
@@ -522,7 +539,12 @@ impl TokenStore {
 
     /// Renews a token: a new TTL from now, within its maximums. `sys` is the mount's (default,
     /// max) TTL. Returns the entry, the new TTL and warnings.
-    pub async fn renew(&self, hash: &str, increment: u64, sys: (u64, u64)) -> Result<(Arc<TokenEntry>, u64, Vec<String>)> {
+    pub async fn renew(
+        &self,
+        hash: &str,
+        increment: u64,
+        sys: (u64, u64),
+    ) -> Result<(Arc<TokenEntry>, u64, Vec<String>)> {
         let _g = self.lock_for(hash).lock().await;
         let now = now_ms();
         let cur = match self.entry_by_hash(hash).await? {
@@ -576,7 +598,9 @@ impl TokenStore {
             for child in self.view.list(&format!("parent/{h}/")).await? {
                 seen += 1;
                 if seen > MAX_TREE {
-                    return Err(Error::internal(format!("token tree has more than {MAX_TREE} tokens")));
+                    return Err(Error::internal(format!(
+                        "token tree has more than {MAX_TREE} tokens"
+                    )));
                 }
                 stack.push((child.trim_end_matches('/').to_string(), false));
             }
@@ -644,7 +668,9 @@ impl TokenStore {
                     || s.expiry.lock().map(|q| q.overflowed).unwrap_or(false);
                 if full {
                     match s.full_scan().await {
-                        Ok(n) if n > 0 => tracing::info!(revoked = n, "token tidy: revoked invalid tokens"),
+                        Ok(n) if n > 0 => {
+                            tracing::info!(revoked = n, "token tidy: revoked invalid tokens")
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "token tidy: scan failed"),
                     }
@@ -715,11 +741,15 @@ impl TokenStore {
             if i % 256 == 255 {
                 tokio::task::yield_now().await;
             }
-            let Some(e) = self.view.get_json::<TokenEntry>(&format!("id/{k}")).await? else { continue };
+            let Some(e) = self.view.get_json::<TokenEntry>(&format!("id/{k}")).await? else {
+                continue;
+            };
             let now = now_ms();
             // A LAST_USE entry is mid-request unless it is old; give that request a minute.
-            let stuck_last_use = e.num_uses == LAST_USE && now - e.issue_ms().max(e.last_renewal_ms) > 60_000;
-            let orphaned = !e.parent.is_empty() && self.view.get(&format!("id/{}", e.parent)).await?.is_none();
+            let stuck_last_use =
+                e.num_uses == LAST_USE && now - e.issue_ms().max(e.last_renewal_ms) > 60_000;
+            let orphaned =
+                !e.parent.is_empty() && self.view.get(&format!("id/{}", e.parent)).await?.is_none();
             if (!e.is_live(now) && e.num_uses != LAST_USE) || stuck_last_use || orphaned {
                 self.revoke_tree(k).await?;
                 revoked += 1;
@@ -861,7 +891,7 @@ mod tests {
         let (t, _) = s.create(n).await.unwrap();
         let h = token_hash(&t);
         let (_, ttl, w) = s.renew(&h, 3600, (3600, 7200)).await.unwrap();
-        assert!(ttl <= 120 && ttl >= 118, "{ttl}");
+        assert!((118..=120).contains(&ttl), "{ttl}");
         assert_eq!(w.len(), 1, "{w:?}");
         let (e, ttl, _) = s.renew(&h, 30, (3600, 7200)).await.unwrap();
         assert_eq!(ttl, 30);
@@ -878,12 +908,22 @@ mod tests {
         let p = TtlParams { explicit_max: 7200, ..Default::default() };
         let (ttl, w) = calculate_ttl(sys.0, sys.1, &p, now).unwrap();
         assert_eq!(ttl, 7200);
-        assert_eq!(w, vec![r#"TTL of "768h" exceeded the effective max_ttl of "2h"; TTL value is capped accordingly"#]);
+        assert_eq!(
+            w,
+            vec![
+                r#"TTL of "768h" exceeded the effective max_ttl of "2h"; TTL value is capped accordingly"#
+            ]
+        );
         let p = TtlParams { period: 600, ..Default::default() };
         assert_eq!(calculate_ttl(sys.0, sys.1, &p, now).unwrap().0, 600);
         let p = TtlParams { ttl: 3600, ..Default::default() };
         assert_eq!(calculate_ttl(sys.0, sys.1, &p, now).unwrap().0, 3600);
-        let p = TtlParams { ttl: 3600, start_ms: now - 7_200_000, explicit_max: 3600, ..Default::default() };
+        let p = TtlParams {
+            ttl: 3600,
+            start_ms: now - 7_200_000,
+            explicit_max: 3600,
+            ..Default::default()
+        };
         assert!(calculate_ttl(sys.0, sys.1, &p, now).is_err());
         assert_eq!(human_duration(5400), "1h30m");
         assert_eq!(human_duration(45), "45s");

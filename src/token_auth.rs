@@ -52,7 +52,9 @@ pub async fn handle(core: &Core, req: &Request, caller: &Caller) -> Result<Optio
     let rest = req.path.strip_prefix(MOUNT).unwrap_or("");
     let op = req.op;
     match rest.trim_end_matches('/') {
-        "create" | "create-orphan" if op == Operation::Update => create(core, req, caller, rest.starts_with("create-orphan")).await,
+        "create" | "create-orphan" if op == Operation::Update => {
+            create(core, req, caller, rest.starts_with("create-orphan")).await
+        }
         "lookup" | "lookup-self" if op == Operation::Read => lookup_self(caller),
         "lookup-self" if op == Operation::Update => lookup_self(caller),
         "lookup" if op == Operation::Update => match str_param(req, "token")? {
@@ -69,7 +71,8 @@ pub async fn handle(core: &Core, req: &Request, caller: &Caller) -> Result<Optio
             Ok(Some(Response::from_value(d)))
         }
         "renew" if op == Operation::Update => {
-            let token = str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
+            let token =
+                str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
             renew(core, req, &token).await
         }
         "renew-self" if op == Operation::Update => renew(core, req, &caller.token).await,
@@ -81,7 +84,8 @@ pub async fn handle(core: &Core, req: &Request, caller: &Caller) -> Result<Optio
             renew_hash(core, req, &hash, String::new()).await
         }
         "revoke" if op == Operation::Update => {
-            let token = str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
+            let token =
+                str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
             if let Some((hash, _)) = core.tokens.find(&token).await? {
                 core.tokens.revoke_tree(&hash).await?;
             }
@@ -98,14 +102,20 @@ pub async fn handle(core: &Core, req: &Request, caller: &Caller) -> Result<Optio
                     core.tokens.revoke_tree(&hash).await?;
                     Ok(None)
                 }
-                None => Ok(Some(Response { warnings: vec!["No token found with this accessor".into()], ..Default::default() })),
+                None => Ok(Some(Response {
+                    warnings: vec!["No token found with this accessor".into()],
+                    ..Default::default()
+                })),
             }
         }
         "revoke-orphan" if op == Operation::Update => {
             if !caller.is_sudo(&req.path) {
-                return Err(Error::bad_request("root or sudo privileges required to revoke and orphan"));
+                return Err(Error::bad_request(
+                    "root or sudo privileges required to revoke and orphan",
+                ));
             }
-            let token = str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
+            let token =
+                str_param(req, "token")?.ok_or_else(|| Error::bad_request("missing token ID"))?;
             if let Some((hash, _)) = core.tokens.find(&token).await? {
                 core.tokens.revoke_orphan(&hash).await?;
             }
@@ -129,10 +139,9 @@ pub async fn handle(core: &Core, req: &Request, caller: &Caller) -> Result<Optio
                 .with_status(202),
             ))
         }
-        "create" | "create-orphan" | "lookup" | "lookup-self" | "lookup-accessor" | "renew" | "renew-self" | "renew-accessor"
-        | "revoke" | "revoke-self" | "revoke-accessor" | "revoke-orphan" | "accessors" | "tidy" => {
-            Err(Error::UnsupportedOperation)
-        }
+        "create" | "create-orphan" | "lookup" | "lookup-self" | "lookup-accessor" | "renew"
+        | "renew-self" | "renew-accessor" | "revoke" | "revoke-self" | "revoke-accessor"
+        | "revoke-orphan" | "accessors" | "tidy" => Err(Error::UnsupportedOperation),
         _ => Err(Error::UnsupportedPath),
     }
 }
@@ -163,7 +172,12 @@ async fn renew(core: &Core, req: &Request, token: &str) -> Result<Option<Respons
     renew_hash(core, req, &hash, token.to_string()).await
 }
 
-async fn renew_hash(core: &Core, req: &Request, hash: &str, token: String) -> Result<Option<Response>> {
+async fn renew_hash(
+    core: &Core,
+    req: &Request,
+    hash: &str,
+    token: String,
+) -> Result<Option<Response>> {
     let increment = match req.data.get("increment") {
         None => 0,
         Some(v) => policy::parse_duration_value(v).map_err(Error::BadRequest)?,
@@ -178,7 +192,11 @@ async fn renew_hash(core: &Core, req: &Request, hash: &str, token: String) -> Re
 pub fn auth_of(e: &TokenEntry, token: String, ttl: u64) -> Auth {
     Auth {
         policies: e.policies.clone(),
-        metadata: e.meta.as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+        metadata: e
+            .meta
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
         display_name: e.display_name.clone(),
         ttl,
         max_ttl: e.max_ttl,
@@ -205,7 +223,8 @@ fn bool_param(req: &Request, key: &str, default: bool) -> Result<bool> {
     match req.data.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) => crate::http::parse_go_bool(s).ok_or_else(|| Error::bad_request(format!("invalid boolean value for {key}: {s:?}"))),
+        Some(Value::String(s)) => crate::http::parse_go_bool(s)
+            .ok_or_else(|| Error::bad_request(format!("invalid boolean value for {key}: {s:?}"))),
         Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(0.0) != 0.0),
         Some(other) => Err(Error::bad_request(format!("invalid boolean value for {key}: {other}"))),
     }
@@ -214,7 +233,8 @@ fn bool_param(req: &Request, key: &str, default: bool) -> Result<bool> {
 fn duration_param(req: &Request, key: &str) -> Result<u64> {
     match req.data.get(key) {
         None => Ok(0),
-        Some(v) => policy::parse_duration_value(v).map_err(|e| Error::bad_request(format!("error parsing {key}: {e}"))),
+        Some(v) => policy::parse_duration_value(v)
+            .map_err(|e| Error::bad_request(format!("error parsing {key}: {e}"))),
     }
 }
 
@@ -222,15 +242,23 @@ fn duration_param(req: &Request, key: &str) -> Result<u64> {
 pub fn policies_param(v: Option<&Value>) -> Result<Vec<String>> {
     let out: Vec<String> = match v {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        Some(Value::String(s)) => {
+            s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+        }
         Some(Value::Array(a)) => a
             .iter()
-            .map(|p| p.as_str().map(str::to_string).ok_or_else(|| Error::bad_request("policies must be a list of strings")))
+            .map(|p| {
+                p.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::bad_request("policies must be a list of strings"))
+            })
             .collect::<Result<_>>()?,
         Some(_) => return Err(Error::bad_request("policies must be a list of strings")),
     };
     if out.len() > MAX_TOKEN_POLICIES {
-        return Err(Error::bad_request(format!("a token may have at most {MAX_TOKEN_POLICIES} policies")));
+        return Err(Error::bad_request(format!(
+            "a token may have at most {MAX_TOKEN_POLICIES} policies"
+        )));
     }
     Ok(out)
 }
@@ -260,14 +288,22 @@ fn display_name(requested: Option<String>) -> String {
     match requested {
         None => "token".into(),
         Some(n) => {
-            let full: String = format!("token-{n}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+            let full: String = format!("token-{n}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .collect();
             full.trim_end_matches('-').to_string()
         }
     }
 }
 
 /// `auth/token/create` and `create-orphan` (Vault's `handleCreateCommon` without roles).
-async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bool) -> Result<Option<Response>> {
+async fn create(
+    core: &Core,
+    req: &Request,
+    caller: &Caller,
+    orphan_endpoint: bool,
+) -> Result<Option<Response>> {
     let parent = &caller.entry;
     // A token with limited uses could escape its limit by minting children.
     if parent.num_uses != 0 {
@@ -281,7 +317,9 @@ async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bo
     match str_param(req, "type")?.as_deref() {
         None | Some("service") | Some("default") | Some("default-service") => {}
         Some("batch") => return Err(Error::bad_request("batch tokens are not supported")),
-        Some(other) => return Err(Error::bad_request(format!("invalid 'token_type' value {other:?}"))),
+        Some(other) => {
+            return Err(Error::bad_request(format!("invalid 'token_type' value {other:?}")))
+        }
     }
     if str_param(req, "role_name")?.is_some() {
         return Err(Error::bad_request("token roles are not supported"));
@@ -296,7 +334,10 @@ async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bo
     let num_uses = match req.data.get("num_uses") {
         None | Some(Value::Null) => 0,
         Some(v) => {
-            let n = v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| Error::bad_request("num_uses must be an integer"))?;
+            let n = v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .ok_or_else(|| Error::bad_request("num_uses must be an integer"))?;
             if n < 0 {
                 return Err(Error::bad_request("number of uses cannot be negative"));
             }
@@ -310,7 +351,9 @@ async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bo
     }
     let period = duration_param(req, "period")?;
     if period > 0 && !is_sudo {
-        return Err(Error::bad_request("root or sudo privileges required to create periodic token"));
+        return Err(Error::bad_request(
+            "root or sudo privileges required to create periodic token",
+        ));
     }
     let meta = meta_param(req)?;
     let display = display_name(str_param(req, "display_name")?);
@@ -319,12 +362,18 @@ async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bo
     // subset of its own. `default` is added when the caller has it or is sudo.
     let requested = policy::sanitize(&policies_param(req.data.get("policies"))?, false);
     let parent_has_default = parent.policies.iter().any(|p| p == policy::DEFAULT_POLICY);
-    let mut policies = if requested.is_empty() { policy::sanitize(&parent.policies, false) } else { requested.clone() };
+    let mut policies = if requested.is_empty() {
+        policy::sanitize(&parent.policies, false)
+    } else {
+        requested.clone()
+    };
     if !is_sudo && !requested.iter().all(|p| parent.policies.contains(p)) {
         return Err(Error::bad_request("child policies must be subset of parent"));
     }
     if policies.iter().any(|p| p == policy::ROOT_POLICY) && !parent.is_root() {
-        return Err(Error::bad_request("root tokens may not be created without parent token being root"));
+        return Err(Error::bad_request(
+            "root tokens may not be created without parent token being root",
+        ));
     }
     if !no_default_policy && (is_sudo || parent_has_default) {
         policies = policy::sanitize(&policies, true);
@@ -337,7 +386,8 @@ async fn create(core: &Core, req: &Request, caller: &Caller, orphan_endpoint: bo
     let (sys_default, sys_max) = core.token_mount_ttls();
     let is_root_token = policies.iter().any(|p| p == policy::ROOT_POLICY);
     if period > 0 || ttl > 0 || !is_root_token {
-        let params = TtlParams { ttl, period, explicit_max: explicit_max_ttl, ..Default::default() };
+        let params =
+            TtlParams { ttl, period, explicit_max: explicit_max_ttl, ..Default::default() };
         let (t, w) = calculate_ttl(sys_default, sys_max, &params, now_ms())?;
         ttl = t;
         warnings.extend(w);

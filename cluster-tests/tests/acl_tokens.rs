@@ -18,7 +18,8 @@ path "secret/metadata/app/*" {
 "#;
 
 async fn put_policy(root: &Api, name: &str, text: &str) {
-    let (s, v) = root.req("PUT", &format!("sys/policies/acl/{name}"), Some(json!({ "policy": text }))).await;
+    let (s, v) =
+        root.req("PUT", &format!("sys/policies/acl/{name}"), Some(json!({ "policy": text }))).await;
     assert_eq!(s, 204, "policy {name}: {v}");
 }
 
@@ -40,7 +41,9 @@ async fn read_only_token_reads_but_cannot_write_list_elsewhere_or_touch_sys() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::dev(tmp.path());
     let root = node.client().with_token("root");
-    let (s, _) = root.req("POST", "secret/data/app/db", Some(json!({"data": {"password": "hunter2"}}))).await;
+    let (s, _) = root
+        .req("POST", "secret/data/app/db", Some(json!({"data": {"password": "hunter2"}})))
+        .await;
     assert_eq!(s, 200);
     root.req("POST", "secret/data/other/x", Some(json!({"data": {"k": "v"}}))).await;
     put_policy(&root, "app-reader", READER).await;
@@ -56,7 +59,8 @@ async fn read_only_token_reads_but_cannot_write_list_elsewhere_or_touch_sys() {
     let (s, v) = me.req("GET", "secret/data/app/db", None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["data"]["password"], "hunter2");
-    let (s, v) = me.req("POST", "secret/data/app/db", Some(json!({"data": {"password": "x"}}))).await;
+    let (s, v) =
+        me.req("POST", "secret/data/app/db", Some(json!({"data": {"password": "x"}}))).await;
     assert_eq!((s, &v["errors"][0]), (403, &json!("permission denied")), "write");
     let (s, _) = me.req("DELETE", "secret/data/app/db", None).await;
     assert_eq!(s, 403, "delete");
@@ -67,7 +71,13 @@ async fn read_only_token_reads_but_cannot_write_list_elsewhere_or_touch_sys() {
     assert_eq!(s, 403, "list outside");
     let (s, _) = me.req("GET", "secret/data/other/x", None).await;
     assert_eq!(s, 403, "read outside");
-    for (m, p) in [("GET", "sys/mounts"), ("POST", "sys/mounts/kv2"), ("LIST", "sys/policies/acl"), ("GET", "sys/auth"), ("POST", "sys/rotate")] {
+    for (m, p) in [
+        ("GET", "sys/mounts"),
+        ("POST", "sys/mounts/kv2"),
+        ("LIST", "sys/policies/acl"),
+        ("GET", "sys/auth"),
+        ("POST", "sys/rotate"),
+    ] {
         let (s, v) = me.req(m, p, Some(json!({"type": "kv"}))).await;
         assert_eq!(s, 403, "{m} {p}: {v}");
     }
@@ -83,7 +93,8 @@ async fn read_only_token_reads_but_cannot_write_list_elsewhere_or_touch_sys() {
     let (s, _) = node.client().with_token("hvs.bogus").req("GET", "secret/data/app/db", None).await;
     assert_eq!(s, 403);
     // Changing the policy changes what the existing token may do.
-    put_policy(&root, "app-reader", r#"path "secret/data/other/*" { capabilities = ["read"] }"#).await;
+    put_policy(&root, "app-reader", r#"path "secret/data/other/*" { capabilities = ["read"] }"#)
+        .await;
     let (s, _) = me.req("GET", "secret/data/app/db", None).await;
     assert_eq!(s, 403);
     let (s, _) = me.req("GET", "secret/data/other/x", None).await;
@@ -121,11 +132,20 @@ async fn token_ttl_expires_and_takes_children_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::dev(tmp.path());
     let root = node.client().with_token("root");
-    put_policy(&root, "creator", "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n").await;
+    put_policy(
+        &root,
+        "creator",
+        "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n",
+    )
+    .await;
     let (parent, _, v) = create_token(&root, json!({"policies": ["creator"], "ttl": "2s"})).await;
     assert_eq!(v["auth"]["lease_duration"], 2);
     let (child, _, v) = create_token(&as_token(&node, &parent), json!({"ttl": "1h"})).await;
-    assert_eq!(v["auth"]["policies"], json!(["creator", "default"]), "a child inherits its parent's policies");
+    assert_eq!(
+        v["auth"]["policies"],
+        json!(["creator", "default"]),
+        "a child inherits its parent's policies"
+    );
     assert_eq!(v["auth"]["orphan"], false);
     let (s, v) = as_token(&node, &parent).req("GET", "auth/token/lookup-self", None).await;
     assert_eq!(s, 200);
@@ -147,9 +167,15 @@ async fn token_ttl_expires_and_takes_children_with_it() {
     }
 
     // Renewal: a new TTL within the explicit max.
-    let (t, _, v) = create_token(&root, json!({"policies": ["default"], "ttl": "1h", "explicit_max_ttl": "2h"})).await;
+    let (t, _, v) = create_token(
+        &root,
+        json!({"policies": ["default"], "ttl": "1h", "explicit_max_ttl": "2h"}),
+    )
+    .await;
     assert_eq!(v["auth"]["lease_duration"], 3600);
-    let (s, v) = as_token(&node, &t).req("POST", "auth/token/renew-self", Some(json!({"increment": "3h"}))).await;
+    let (s, v) = as_token(&node, &t)
+        .req("POST", "auth/token/renew-self", Some(json!({"increment": "3h"})))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["auth"]["lease_duration"].as_u64().unwrap() <= 7200);
     assert!(v["warnings"][0].as_str().unwrap().contains("exceeded the effective max_ttl"), "{v}");
@@ -162,21 +188,35 @@ async fn revoking_a_parent_revokes_its_children() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::dev(tmp.path());
     let root = node.client().with_token("root");
-    put_policy(&root, "creator", "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n").await;
+    put_policy(
+        &root,
+        "creator",
+        "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n",
+    )
+    .await;
     let (p, _, _) = create_token(&root, json!({"policies": ["creator"]})).await;
     let (c1, c1_acc, _) = create_token(&as_token(&node, &p), json!({})).await;
     let (c2, _, _) = create_token(&as_token(&node, &p), json!({})).await;
     let (g, _, _) = create_token(&as_token(&node, &c1), json!({})).await;
-    let (orphan, _, v) = create_token(&root, json!({"policies": ["creator"], "no_parent": true})).await;
+    let (orphan, _, v) =
+        create_token(&root, json!({"policies": ["creator"], "no_parent": true})).await;
     assert_eq!(v["auth"]["orphan"], true);
 
     // A non-sudo token may not hand out policies it does not have, nor make orphans.
-    let (s, v) = as_token(&node, &p).req("POST", "auth/token/create", Some(json!({"policies": ["root"]}))).await;
+    let (s, v) = as_token(&node, &p)
+        .req("POST", "auth/token/create", Some(json!({"policies": ["root"]})))
+        .await;
     assert_eq!((s, &v["errors"][0]), (400, &json!("child policies must be subset of parent")));
-    let (s, v) = as_token(&node, &p).req("POST", "auth/token/create", Some(json!({"no_parent": true}))).await;
-    assert_eq!((s, &v["errors"][0]), (400, &json!("root or sudo privileges required to create orphan token")));
+    let (s, v) = as_token(&node, &p)
+        .req("POST", "auth/token/create", Some(json!({"no_parent": true})))
+        .await;
+    assert_eq!(
+        (s, &v["errors"][0]),
+        (400, &json!("root or sudo privileges required to create orphan token"))
+    );
 
-    let (s, v) = root.req("POST", "auth/token/lookup-accessor", Some(json!({"accessor": c1_acc}))).await;
+    let (s, v) =
+        root.req("POST", "auth/token/lookup-accessor", Some(json!({"accessor": c1_acc}))).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["id"], "");
     assert_eq!(v["data"]["orphan"], false);
@@ -193,11 +233,21 @@ async fn revoking_a_parent_revokes_its_children() {
     assert_eq!(s, 200, "an orphan is nobody's child");
 
     // revoke-orphan keeps the children, now orphans. It needs sudo beyond the ACL's update.
-    put_policy(&root, "revoker", "path \"auth/token/revoke-orphan\" {\n  capabilities = [\"update\"]\n}\n").await;
+    put_policy(
+        &root,
+        "revoker",
+        "path \"auth/token/revoke-orphan\" {\n  capabilities = [\"update\"]\n}\n",
+    )
+    .await;
     let (p, _, _) = create_token(&root, json!({"policies": ["creator", "revoker"]})).await;
     let (c, _, _) = create_token(&as_token(&node, &p), json!({})).await;
-    let (s, v) = as_token(&node, &p).req("POST", "auth/token/revoke-orphan", Some(json!({"token": p}))).await;
-    assert_eq!((s, &v["errors"][0]), (400, &json!("root or sudo privileges required to revoke and orphan")));
+    let (s, v) = as_token(&node, &p)
+        .req("POST", "auth/token/revoke-orphan", Some(json!({"token": p})))
+        .await;
+    assert_eq!(
+        (s, &v["errors"][0]),
+        (400, &json!("root or sudo privileges required to revoke and orphan"))
+    );
     let (s, _) = root.req("POST", "auth/token/revoke-orphan", Some(json!({"token": p}))).await;
     assert_eq!(s, 204);
     let (s, v) = as_token(&node, &c).req("GET", "auth/token/lookup-self", None).await;
@@ -209,7 +259,8 @@ async fn revoking_a_parent_revokes_its_children() {
     let (s, _) = as_token(&node, &c).req("GET", "auth/token/lookup-self", None).await;
     assert_eq!(s, 403);
     let (t, acc, _) = create_token(&root, json!({"policies": ["default"]})).await;
-    let (s, _) = root.req("POST", "auth/token/revoke-accessor", Some(json!({"accessor": acc}))).await;
+    let (s, _) =
+        root.req("POST", "auth/token/revoke-accessor", Some(json!({"accessor": acc}))).await;
     assert_eq!(s, 204);
     let (s, _) = as_token(&node, &t).req("GET", "auth/token/lookup-self", None).await;
     assert_eq!(s, 403);
@@ -237,7 +288,12 @@ async fn num_uses_limits_requests() {
     let (s, _) = root.req("POST", "auth/token/lookup", Some(json!({"token": t}))).await;
     assert_eq!(s, 403);
     // A token with limited uses cannot create children (it would escape its limit).
-    put_policy(&root, "creator", "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n").await;
+    put_policy(
+        &root,
+        "creator",
+        "path \"auth/token/create\" {\n  capabilities = [\"update\"]\n}\n",
+    )
+    .await;
     let (t, _, _) = create_token(&root, json!({"policies": ["creator"], "num_uses": 5})).await;
     let (s, _) = as_token(&node, &t).req("POST", "auth/token/create", Some(json!({}))).await;
     assert_eq!(s, 403);
@@ -253,7 +309,11 @@ async fn policy_api_shapes_and_errors() {
     assert_eq!((s, &v["data"]["keys"]), (200, &json!(["default", "root"])));
     let (s, v) = root.req("GET", "sys/policy", None).await;
     assert_eq!(s, 200);
-    assert_eq!(v["policies"], json!(["default", "root"]), "legacy list answers at the top level too");
+    assert_eq!(
+        v["policies"],
+        json!(["default", "root"]),
+        "legacy list answers at the top level too"
+    );
     assert_eq!(v["data"]["keys"], json!(["default", "root"]));
 
     put_policy(&root, "MyPol", READER).await;
@@ -265,18 +325,42 @@ async fn policy_api_shapes_and_errors() {
     assert_eq!(s, 200);
     assert_eq!(v["rules"], READER);
     assert_eq!(v["data"]["rules"], READER);
-    let (s, v) = root.req("PUT", "sys/policy/legacy", Some(json!({"rules": "path \"secret/*\" { policy = \"write\" }"}))).await;
+    let (s, v) = root
+        .req(
+            "PUT",
+            "sys/policy/legacy",
+            Some(json!({"rules": "path \"secret/*\" { policy = \"write\" }"})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["warnings"][0], "'rules' is deprecated, please use 'policy' instead");
-    let (s, _) = root.req("PUT", "sys/policy/legacy2", Some(json!({"policy": "path \"secret/*\" { policy = \"read\" }"}))).await;
+    let (s, _) = root
+        .req(
+            "PUT",
+            "sys/policy/legacy2",
+            Some(json!({"policy": "path \"secret/*\" { policy = \"read\" }"})),
+        )
+        .await;
     assert_eq!(s, 204);
     let (_, v) = root.req("LIST", "sys/policies/acl", None).await;
     assert_eq!(v["data"]["keys"], json!(["default", "legacy", "legacy2", "mypol", "root"]));
 
-    let (s, v) = root.req("PUT", "sys/policies/acl/bad", Some(json!({"policy": "path \"secret/*\" { capabilities = [\"read\"] "}))).await;
+    let (s, v) = root
+        .req(
+            "PUT",
+            "sys/policies/acl/bad",
+            Some(json!({"policy": "path \"secret/*\" { capabilities = [\"read\"] "})),
+        )
+        .await;
     assert_eq!(s, 400);
     assert!(v["errors"][0].as_str().unwrap().starts_with("failed to parse policy: "), "{v}");
-    let (s, v) = root.req("PUT", "sys/policies/acl/bad", Some(json!({"policy": "path \"secret/*\" { capabilities = [\"reed\"] }"}))).await;
+    let (s, v) = root
+        .req(
+            "PUT",
+            "sys/policies/acl/bad",
+            Some(json!({"policy": "path \"secret/*\" { capabilities = [\"reed\"] }"})),
+        )
+        .await;
     assert_eq!(s, 400);
     assert!(v["errors"][0].as_str().unwrap().contains("invalid capability \"reed\""), "{v}");
     let (s, v) = root.req("PUT", "sys/policies/acl/bad", Some(json!({}))).await;
@@ -293,7 +377,12 @@ async fn policy_api_shapes_and_errors() {
     let (s, v) = root.req("GET", "sys/policies/acl/default", None).await;
     assert_eq!(s, 200);
     assert!(v["data"]["policy"].as_str().unwrap().contains("auth/token/lookup-self"));
-    put_policy(&root, "default", "path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n").await;
+    put_policy(
+        &root,
+        "default",
+        "path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n",
+    )
+    .await;
 
     let (s, _) = root.req("DELETE", "sys/policies/acl/mypol", None).await;
     assert_eq!(s, 204);
@@ -326,23 +415,37 @@ async fn capabilities_endpoints() {
     assert_eq!(v["data"]["cubbyhole/x"], json!(["create", "delete", "list", "read", "update"]));
     assert_eq!(v["secret/data/x"], json!(["read", "update"]), "injected at the top level");
     assert!(v["data"].get("capabilities").is_none(), "only for a single path");
-    let (_, v) = as_token(&node, &t).req("POST", "sys/capabilities-self", Some(json!({"path": "secret/data/x"}))).await;
+    let (_, v) = as_token(&node, &t)
+        .req("POST", "sys/capabilities-self", Some(json!({"path": "secret/data/x"})))
+        .await;
     assert_eq!(v["capabilities"], json!(["read", "update"]));
-    let (_, v) = root.req("POST", "sys/capabilities-self", Some(json!({"paths": ["anything"]}))).await;
+    let (_, v) =
+        root.req("POST", "sys/capabilities-self", Some(json!({"paths": ["anything"]}))).await;
     assert_eq!(v["data"]["anything"], json!(["root"]));
-    let (s, v) = root.req("POST", "sys/capabilities", Some(json!({"token": t, "paths": ["secret/data/x"]}))).await;
+    let (s, v) = root
+        .req("POST", "sys/capabilities", Some(json!({"token": t, "paths": ["secret/data/x"]})))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(v["capabilities"], json!(["read", "update"]));
-    let (s, v) = root.req("POST", "sys/capabilities-accessor", Some(json!({"accessor": acc, "paths": ["secret/data/x"]}))).await;
+    let (s, v) = root
+        .req(
+            "POST",
+            "sys/capabilities-accessor",
+            Some(json!({"accessor": acc, "paths": ["secret/data/x"]})),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(v["data"]["secret/data/x"], json!(["read", "update"]));
-    let (s, _) = root.req("POST", "sys/capabilities", Some(json!({"token": "bogus", "paths": ["x"]}))).await;
+    let (s, _) =
+        root.req("POST", "sys/capabilities", Some(json!({"token": "bogus", "paths": ["x"]}))).await;
     assert_eq!(s, 400);
     let (s, v) = root.req("POST", "sys/capabilities-self", Some(json!({}))).await;
     assert_eq!((s, &v["errors"][0]), (400, &json!("paths must be supplied")));
     // A token without the default policy may not even ask.
-    let (t2, _, _) = create_token(&root, json!({"policies": ["caps"], "no_default_policy": true})).await;
-    let (s, _) = as_token(&node, &t2).req("POST", "sys/capabilities-self", Some(json!({"path": "x"}))).await;
+    let (t2, _, _) =
+        create_token(&root, json!({"policies": ["caps"], "no_default_policy": true})).await;
+    let (s, _) =
+        as_token(&node, &t2).req("POST", "sys/capabilities-self", Some(json!({"path": "x"}))).await;
     assert_eq!(s, 403);
 }
 
@@ -355,7 +458,13 @@ async fn auth_methods_mount_and_unmount() {
     assert_eq!(s, 200);
     assert_eq!(v["token/"]["type"], "token", "injected at the top: {v}");
     assert_eq!(v["data"]["token/"]["config"]["token_type"], "default-service");
-    let (s, v) = root.req("POST", "sys/auth/userpass", Some(json!({"type": "userpass", "description": "people"}))).await;
+    let (s, v) = root
+        .req(
+            "POST",
+            "sys/auth/userpass",
+            Some(json!({"type": "userpass", "description": "people"})),
+        )
+        .await;
     assert_eq!(s, 204, "{v}");
     let (s, v) = root.req("POST", "sys/auth/userpass", Some(json!({"type": "userpass"}))).await;
     assert_eq!((s, &v["errors"][0]), (400, &json!("path is already in use at userpass/")));
@@ -370,9 +479,15 @@ async fn auth_methods_mount_and_unmount() {
     assert_eq!(s, 200);
     assert_eq!(v["data"]["path"], "userpass/");
     // Enabling auth methods needs sudo on sys/auth/*.
-    put_policy(&root, "auth-admin", "path \"sys/auth/*\" {\n  capabilities = [\"create\", \"update\", \"delete\"]\n}\n").await;
+    put_policy(
+        &root,
+        "auth-admin",
+        "path \"sys/auth/*\" {\n  capabilities = [\"create\", \"update\", \"delete\"]\n}\n",
+    )
+    .await;
     let (t, _, _) = create_token(&root, json!({"policies": ["auth-admin"]})).await;
-    let (s, _) = as_token(&node, &t).req("POST", "sys/auth/approle", Some(json!({"type": "approle"}))).await;
+    let (s, _) =
+        as_token(&node, &t).req("POST", "sys/auth/approle", Some(json!({"type": "approle"}))).await;
     assert_eq!(s, 403);
     let (s, v) = root.req("DELETE", "sys/auth/token", None).await;
     assert_eq!((s, &v["errors"][0]), (400, &json!("token credential backend cannot be disabled")));
