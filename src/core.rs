@@ -525,9 +525,13 @@ impl Core {
     }
 
     /// Turns an auth method's successful login into a token (Vault's `RegisterAuth`): an orphan
-    /// with the method's policies plus `default`, its TTL within the mount's limits.
+    /// with the method's policies, its TTL within the mount's limits.
+    ///
+    /// The method decides about `default` (its `token_no_default_policy`), so the policies are
+    /// only sanitised here. The display name is prefixed with the mount (`userpass-bob`) unless
+    /// the method already did so.
     async fn mint_login_token(&self, req: &Request, route: &Route, auth: &mut Auth) -> Result<Vec<String>> {
-        let policies = policy::sanitize(&auth.policies, true);
+        let policies = policy::sanitize(&auth.policies, false);
         if policies.iter().any(|p| p == policy::ROOT_POLICY) {
             return Err(Error::bad_request("auth methods cannot create root tokens"));
         }
@@ -541,7 +545,11 @@ impl Core {
         };
         let (ttl, warnings) = calculate_ttl(sys_default, sys_max, &params, now_ms())?;
         let source = route.entry.path.replace('/', "-");
-        let display_name = format!("{source}{}", auth.display_name).trim_end_matches('-').to_string();
+        let display_name = if auth.display_name.starts_with(&source) || auth.display_name == source.trim_end_matches('-') {
+            auth.display_name.clone()
+        } else {
+            format!("{source}{}", auth.display_name).trim_end_matches('-').to_string()
+        };
         let (token, entry) = self
             .tokens
             .create(NewToken {
@@ -627,6 +635,37 @@ impl Core {
         let mut entry = MountEntry::new_auth(&path, &kind, description, Some(options.unwrap_or_default()));
         entry.config = config;
         auth.push(entry);
+        self.core_view().put_json(AUTH_TABLE_KEY, &auth).await?;
+        self.router.rebuild(&self.barrier, &self.mount_table().await?, &auth)
+    }
+
+    /// `POST sys/auth/<path>/tune`: sets an auth method's lease TTLs (0 = the system's) and
+    /// description. `None` leaves a value as it is.
+    pub async fn tune_auth(&self, path: &str, default_ttl: Option<u64>, max_ttl: Option<u64>, description: Option<String>) -> Result<()> {
+        let _g = self.mount_lock.lock().await;
+        let want = format!("{}/", path.trim_matches('/'));
+        let mut auth = self.auth_table().await?;
+        let Some(entry) = auth.iter_mut().find(|m| m.path == want) else {
+            return Err(Error::bad_request(format!("cannot fetch sysview for path \"auth/{want}\"")));
+        };
+        let mut config = entry.config.clone();
+        if let Some(d) = default_ttl {
+            config.default_lease_ttl = d;
+        }
+        if let Some(m) = max_ttl {
+            config.max_lease_ttl = m;
+        }
+        let effective_default = if config.default_lease_ttl == 0 { self.default_lease_ttl } else { config.default_lease_ttl };
+        let effective_max = if config.max_lease_ttl == 0 { self.max_lease_ttl } else { config.max_lease_ttl };
+        if effective_max < effective_default {
+            return Err(Error::bad_request(format!(
+                "backend max lease TTL of {effective_max} would be less than backend default lease TTL of {effective_default}"
+            )));
+        }
+        entry.config = config;
+        if let Some(d) = description {
+            entry.description = d;
+        }
         self.core_view().put_json(AUTH_TABLE_KEY, &auth).await?;
         self.router.rebuild(&self.barrier, &self.mount_table().await?, &auth)
     }
@@ -757,7 +796,14 @@ mod tests {
             assert_eq!(path, "login/bob");
             let mut metadata = std::collections::BTreeMap::new();
             metadata.insert("username".to_string(), "bob".to_string());
-            let auth = Auth { policies: vec!["dev".into()], metadata, display_name: "bob".into(), ttl: 60, renewable: true, ..Default::default() };
+            let auth = Auth {
+                policies: vec!["dev".into(), "default".into()],
+                metadata,
+                display_name: "bob".into(),
+                ttl: 60,
+                renewable: true,
+                ..Default::default()
+            };
             Ok(Some(Response { auth: Some(auth), ..Default::default() }))
         }
 

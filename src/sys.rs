@@ -83,6 +83,9 @@ pub async fn handle(core: &Core, req: &Request) -> Result<Option<Response>> {
         ("auth", Operation::Read) => list_auth(core).await,
         (p, op) if p.starts_with("auth/") => {
             let path = &p["auth/".len()..];
+            if let Some(target) = path.strip_suffix("/tune") {
+                return tune_auth(core, target, req).await;
+            }
             match op {
                 Operation::Update => enable_auth(core, path, req).await,
                 Operation::Delete => {
@@ -267,6 +270,41 @@ async fn read_auth(core: &Core, path: &str) -> Result<Option<Response>> {
         o.insert("deprecation_status".into(), Value::String("supported".into()));
     }
     let mut r = Response::from_value(v);
+    r.inject_data_at_top = true;
+    Ok(Some(r))
+}
+
+/// `GET|POST sys/auth/<path>/tune`: an auth method's lease TTLs and description.
+async fn tune_auth(core: &Core, path: &str, req: &Request) -> Result<Option<Response>> {
+    let want = format!("{}/", path.trim_matches('/'));
+    let (d, m, description) = match req.op {
+        Operation::Read => {
+            let table = core.auth_table().await?;
+            let m = table.iter().find(|m| m.path == want).ok_or_else(|| Error::bad_request(format!("cannot fetch sysview for path \"auth/{want}\"")))?;
+            let (d, max) = core.mount_ttls(m);
+            (d, max, m.description.clone())
+        }
+        Operation::Update => {
+            let ttl = |k: &str| -> Result<Option<u64>> {
+                match req.data.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) if s == "system" => Ok(Some(0)),
+                    Some(v) => crate::policy::parse_duration_value(v).map(Some).map_err(Error::BadRequest),
+                }
+            };
+            let description = req.data.get("description").and_then(Value::as_str).map(str::to_string);
+            core.tune_auth(path, ttl("default_lease_ttl")?, ttl("max_lease_ttl")?, description).await?;
+            return Ok(None);
+        }
+        _ => return Err(Error::UnsupportedOperation),
+    };
+    let mut r = Response::from_value(json!({
+        "default_lease_ttl": d,
+        "max_lease_ttl": m,
+        "force_no_cache": false,
+        "token_type": "default-service",
+        "description": description,
+    }));
     r.inject_data_at_top = true;
     Ok(Some(r))
 }

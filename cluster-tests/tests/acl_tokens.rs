@@ -489,6 +489,17 @@ async fn auth_methods_mount_and_unmount() {
     let (s, _) =
         as_token(&node, &t).req("POST", "sys/auth/approle", Some(json!({"type": "approle"}))).await;
     assert_eq!(s, 403);
+    // Tuning the token store's TTLs changes the default TTL of new tokens.
+    let (s, v) = root.req("GET", "sys/auth/token/tune", None).await;
+    assert_eq!((s, &v["default_lease_ttl"]), (200, &json!(768 * 3600)), "{v}");
+    let (s, v) = root
+        .req("POST", "sys/auth/token/tune", Some(json!({"default_lease_ttl": "1h", "max_lease_ttl": "2h"})))
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (_, _, v) = create_token(&root, json!({"policies": ["default"]})).await;
+    assert_eq!(v["auth"]["lease_duration"], 3600);
+    let (s, v) = root.req("POST", "sys/auth/token/tune", Some(json!({"default_lease_ttl": "3h"}))).await;
+    assert_eq!(s, 400, "{v}");
     let (s, v) = root.req("DELETE", "sys/auth/token", None).await;
     assert_eq!((s, &v["errors"][0]), (400, &json!("token credential backend cannot be disabled")));
     let (s, _) = root.req("DELETE", "sys/auth/userpass", None).await;
