@@ -323,7 +323,7 @@ impl Core {
                 t
             }
         };
-        self.router.rebuild(&self.barrier, &table, &auth)?;
+        self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
         self.policies.invalidate();
         self.policies.ensure_default().await?;
         let info: Option<ClusterInfo> = core.get_json("cluster/local/info").await?;
@@ -596,7 +596,7 @@ impl Core {
         let path = mounts::validate_new_path(path, &table)?;
         table.push(MountEntry::new(&path, kind, description, options));
         self.core_view().put_json(MOUNT_TABLE_KEY, &table).await?;
-        self.router.rebuild(&self.barrier, &table, &self.auth_table().await?)
+        self.router.rebuild(&self.barrier, &table)
     }
 
     pub async fn disable_mount(&self, path: &str) -> Result<()> {
@@ -613,7 +613,7 @@ impl Core {
         let entry = table.remove(pos);
         // Unroute first so no request writes into the mount while its data is removed.
         self.core_view().put_json(MOUNT_TABLE_KEY, &table).await?;
-        self.router.rebuild(&self.barrier, &table, &self.auth_table().await?)?;
+        self.router.rebuild(&self.barrier, &table)?;
         let view = View::new(self.barrier.clone(), entry.storage_prefix());
         let keys = view.list_recursive("", MAX_UNMOUNT_KEYS).await?;
         for chunk in keys.chunks(256) {
@@ -636,7 +636,7 @@ impl Core {
         entry.config = config;
         auth.push(entry);
         self.core_view().put_json(AUTH_TABLE_KEY, &auth).await?;
-        self.router.rebuild(&self.barrier, &self.mount_table().await?, &auth)
+        self.router.rebuild_with_auth(&self.barrier, &self.mount_table().await?, &auth)
     }
 
     /// `POST sys/auth/<path>/tune`: sets an auth method's lease TTLs (0 = the system's) and
@@ -667,7 +667,7 @@ impl Core {
             entry.description = d;
         }
         self.core_view().put_json(AUTH_TABLE_KEY, &auth).await?;
-        self.router.rebuild(&self.barrier, &self.mount_table().await?, &auth)
+        self.router.rebuild_with_auth(&self.barrier, &self.mount_table().await?, &auth)
     }
 
     /// `DELETE sys/auth/<path>`: unroutes the method, revokes the tokens it issued and removes
@@ -684,7 +684,7 @@ impl Core {
         }
         let entry = auth.remove(pos);
         self.core_view().put_json(AUTH_TABLE_KEY, &auth).await?;
-        self.router.rebuild(&self.barrier, &self.mount_table().await?, &auth)?;
+        self.router.rebuild_with_auth(&self.barrier, &self.mount_table().await?, &auth)?;
         for hash in self.tokens.hashes_with_path_prefix(&format!("auth/{want}")).await? {
             self.tokens.revoke_tree(&hash).await?;
         }

@@ -6,7 +6,7 @@
 //! while it runs. Mounts the core serves itself (`sys/`, `auth/token/`, `identity/`,
 //! `cubbyhole/`) have a route without a backend, so the UI mount preflight can still name them.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 
@@ -66,6 +66,10 @@ pub struct Route {
 pub struct Router {
     /// Sorted longest path first, so the first match is the most specific mount.
     routes: RwLock<Arc<Vec<Arc<Route>>>>,
+    /// The auth table of the last rebuild, so a rebuild for a mount table change keeps the auth
+    /// methods routed. Held for the whole (synchronous) rebuild, which also serialises rebuilds:
+    /// the published routes always come from the latest auth table.
+    auth: Mutex<Vec<MountEntry>>,
 }
 
 impl Router {
@@ -73,8 +77,23 @@ impl Router {
         Self::default()
     }
 
-    /// Builds engines for every mount in `mounts` and every auth method in `auth`.
-    pub fn rebuild(&self, barrier: &Arc<Barrier>, mounts: &[MountEntry], auth: &[MountEntry]) -> Result<()> {
+    /// Rebuilds the routes after a mount table change; auth methods stay as they are.
+    pub fn rebuild(&self, barrier: &Arc<Barrier>, mounts: &[MountEntry]) -> Result<()> {
+        let auth = self.auth.lock().map_err(|_| Error::internal("router lock poisoned"))?;
+        self.build(barrier, mounts, &auth)
+    }
+
+    /// Rebuilds the routes from both tables (unseal, auth method changes).
+    pub fn rebuild_with_auth(&self, barrier: &Arc<Barrier>, mounts: &[MountEntry], auth: &[MountEntry]) -> Result<()> {
+        let mut stored = self.auth.lock().map_err(|_| Error::internal("router lock poisoned"))?;
+        self.build(barrier, mounts, auth)?;
+        *stored = auth.to_vec();
+        Ok(())
+    }
+
+    /// Builds engines for every mount in `mounts` and every auth method in `auth`, and publishes
+    /// them. Callers hold `self.auth`.
+    fn build(&self, barrier: &Arc<Barrier>, mounts: &[MountEntry], auth: &[MountEntry]) -> Result<()> {
         let mut routes = Vec::with_capacity(mounts.len() + auth.len());
         for entry in mounts {
             let view = View::new(barrier.clone(), entry.storage_prefix());
@@ -104,6 +123,9 @@ impl Router {
     }
 
     pub fn clear(&self) {
+        if let Ok(mut a) = self.auth.lock() {
+            a.clear();
+        }
         if let Ok(mut g) = self.routes.write() {
             *g = Arc::new(Vec::new());
         }
