@@ -370,6 +370,11 @@ async fn policy_endpoint(core: &Core, req: &Request, name: &str, op: Operation, 
                 }
                 _ => return Err(Error::bad_request("'policy' parameter not supplied or empty")),
             };
+            // Vault accepts the text base64-encoded too (policy text itself never is valid base64).
+            let text = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or(text);
             core.policies.set(&name, &text).await?;
             if warnings.is_empty() {
                 Ok(None)

@@ -344,6 +344,12 @@ async fn policy_api_shapes_and_errors() {
     assert_eq!(s, 204);
     let (_, v) = root.req("LIST", "sys/policies/acl", None).await;
     assert_eq!(v["data"]["keys"], json!(["default", "legacy", "legacy2", "mypol", "root"]));
+    // The text may come base64-encoded.
+    let (s, _) = root.req("PUT", "sys/policies/acl/b64", Some(json!({"policy": "cGF0aCAieCIgeyBjYXBhYmlsaXRpZXMgPSBbInJlYWQiXSB9"}))).await;
+    assert_eq!(s, 204);
+    let (_, v) = root.req("GET", "sys/policies/acl/b64", None).await;
+    assert_eq!(v["data"]["policy"], "path \"x\" { capabilities = [\"read\"] }");
+    root.req("DELETE", "sys/policies/acl/b64", None).await;
 
     let (s, v) = root
         .req(
