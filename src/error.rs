@@ -9,6 +9,10 @@ pub enum Error {
     /// Missing token, unknown token, or a policy that does not grant the capability.
     #[error("permission denied")]
     PermissionDenied,
+    /// A 403 whose text says more than "permission denied" (Vault's `ErrorResponse` paired with
+    /// `ErrPermissionDenied`: "bad token", the UI mount preflight).
+    #[error("{0}")]
+    Forbidden(String),
     /// Vault matches on this exact text (and maps any error containing it to 503).
     #[error("Vault is sealed")]
     Sealed,

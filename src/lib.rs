@@ -14,11 +14,13 @@ pub mod http;
 pub mod kv;
 pub mod mounts;
 pub mod policy;
+pub mod policy_store;
 pub mod request;
 pub mod router;
 pub mod seal;
 pub mod sys;
 pub mod token;
+pub mod token_auth;
 pub mod transit;
 pub mod view;
 

@@ -1,7 +1,9 @@
-//! The mount table: which secrets engine serves which path prefix.
+//! The mount tables: which secrets engine serves which path prefix (`core/mounts`), and which
+//! auth method serves which path below `auth/` (`core/auth`).
 //!
-//! The table is one JSON document at `core/mounts` behind the barrier. Changes rewrite it whole
-//! (it is small) and then rebuild the router, so a reader never sees a half-applied change.
+//! Each table is one JSON document behind the barrier. Changes rewrite it whole (it is small)
+//! and then rebuild the router, so a reader never sees a half-applied change. Both tables use
+//! [`MountEntry`]; an auth entry's `path` is relative to `auth/` (`userpass/`), as Vault lists it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -9,6 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 
 pub const MOUNT_TABLE_KEY: &str = "mounts";
+pub const AUTH_TABLE_KEY: &str = "auth";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct MountConfig {
@@ -53,6 +56,28 @@ impl MountEntry {
             local: false,
             seal_wrap: false,
         }
+    }
+
+    /// An auth method entry (`sys/auth`): Vault names their accessors `auth_<type>_<hex>`.
+    pub fn new_auth(path: &str, kind: &str, description: &str, options: Option<Map<String, Value>>) -> Self {
+        let mut e = MountEntry::new(path, kind, description, options);
+        e.accessor = format!("auth_{}_{}", kind, random_hex8());
+        e
+    }
+
+    /// Where an auth method's data lives in the barrier (Vault's `auth/<uuid>/`).
+    pub fn auth_storage_prefix(&self) -> String {
+        format!("auth/{}/", self.uuid)
+    }
+
+    /// The JSON shape of `GET sys/auth` entries: a mount entry whose config names the token
+    /// type the method issues.
+    pub fn to_api_auth(&self) -> Value {
+        let mut v = self.to_api();
+        if let Some(c) = v.get_mut("config").and_then(Value::as_object_mut) {
+            c.insert("token_type".into(), Value::String("default-service".into()));
+        }
+        v
     }
 
     /// KV version of a `kv` mount: "2" when options.version says so.
@@ -118,11 +143,35 @@ pub fn default_table() -> Vec<MountEntry> {
     vec![cubby, identity, sys]
 }
 
+/// The auth methods every initialized server has: the token store.
+pub fn default_auth_table() -> Vec<MountEntry> {
+    vec![MountEntry::new_auth("token/", "token", "token based credentials", None)]
+}
+
 /// Paths a user may not mount at, because core routes own them.
 const RESERVED: &[&str] = &["sys/", "auth/", "cubbyhole/", "identity/"];
 
 /// Normalises and checks a user-supplied mount path.
 pub fn validate_new_path(raw: &str, table: &[MountEntry]) -> Result<String> {
+    validate_path(raw, table, RESERVED)
+}
+
+/// Normalises and checks a path for a new auth method (relative to `auth/`).
+pub fn validate_new_auth_path(raw: &str, table: &[MountEntry]) -> Result<String> {
+    validate_path(raw, table, &[])
+}
+
+/// Maps the `type` of `POST sys/auth/<path>` to a supported auth method.
+pub fn resolve_auth_type(kind: &str) -> Result<String> {
+    match kind {
+        "userpass" | "approle" => Ok(kind.to_string()),
+        "token" => Err(Error::bad_request("token credential backend cannot be instantiated")),
+        "" => Err(Error::bad_request("backend type must be specified as a string")),
+        other => Err(Error::bad_request(format!("plugin not found in the catalog: {other}"))),
+    }
+}
+
+fn validate_path(raw: &str, table: &[MountEntry], reserved: &[&str]) -> Result<String> {
     let trimmed = raw.trim_matches('/');
     if trimmed.is_empty() {
         return Err(Error::bad_request("path cannot be empty"));
@@ -131,7 +180,7 @@ pub fn validate_new_path(raw: &str, table: &[MountEntry]) -> Result<String> {
         return Err(Error::bad_request(format!("invalid mount path {raw:?}")));
     }
     let path = format!("{trimmed}/");
-    for r in RESERVED {
+    for r in reserved {
         if path.starts_with(r) {
             return Err(Error::bad_request(format!("cannot mount '{path}' of type: mount path is reserved")));
         }

@@ -1,13 +1,61 @@
-//! The authenticated part of `sys/`: mounts, the UI mount preflight the CLI relies on, and the
-//! barrier's key management. (Seal, init, health and leader are HTTP-level handlers in `http`,
-//! because they answer while sealed.)
+//! The authenticated part of `sys/`: mounts, auth methods, ACL policies, capabilities, the UI
+//! mount preflight the CLI relies on, and the barrier's key management. (Seal, init, health and
+//! leader are HTTP-level handlers in `http`, because they answer while sealed.)
+
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::mounts;
+use crate::policy::Acl;
 use crate::request::{Operation, Request, Response};
+use crate::router::path_matches;
+
+/// Paths below `sys/` that need `sudo` (OpenBao's system backend `PathsSpecial.Root`, plus
+/// `seal` and `step-down`, which Vault checks in their own handlers).
+const ROOT_PATHS: &[&str] = &[
+    "auth/*",
+    "remount",
+    "audit",
+    "audit/*",
+    "raw",
+    "raw/*",
+    "rotate",
+    "rotate/keyring",
+    "rotate/root",
+    "config/cors",
+    "config/auditing/*",
+    "config/ui/headers/*",
+    "plugins/catalog/*",
+    "revoke-prefix/*",
+    "revoke-force/*",
+    "leases/revoke-prefix/*",
+    "leases/revoke-force/*",
+    "leases/lookup/*",
+    "leases",
+    "internal/inspect/*",
+    "seal",
+    "step-down",
+];
+
+/// Paths below `sys/` the core serves without a token check (the lifecycle endpoints answer in
+/// `http` before the core). The UI mount preflight checks the token itself.
+const UNAUTHENTICATED_PATHS: &[&str] = &["internal/ui/mounts", "internal/ui/mounts/*"];
+
+pub fn is_root_path(rest: &str) -> bool {
+    path_matches(ROOT_PATHS, rest)
+}
+
+pub fn is_unauthenticated(rest: &str) -> bool {
+    path_matches(UNAUTHENTICATED_PATHS, rest)
+}
+
+/// OpenBao wraps some handler errors in go-multierror's text; clients see exactly this.
+fn multi(msg: &str) -> String {
+    format!("1 error occurred:\n\t* {msg}\n\n")
+}
 
 pub async fn handle(core: &Core, req: &Request) -> Result<Option<Response>> {
     let path = req.path.strip_prefix("sys/").unwrap_or(&req.path);
@@ -30,7 +78,61 @@ pub async fn handle(core: &Core, req: &Request) -> Result<Option<Response>> {
                 _ => Err(Error::UnsupportedOperation),
             }
         }
-        (p, Operation::Read) if p.starts_with("internal/ui/mounts/") => ui_mount(core, &p["internal/ui/mounts/".len()..]),
+        ("internal/ui/mounts", Operation::Read) => ui_mounts(core, req).await,
+        (p, Operation::Read) if p.starts_with("internal/ui/mounts/") => ui_mount(core, req, &p["internal/ui/mounts/".len()..]).await,
+        ("auth", Operation::Read) => list_auth(core).await,
+        (p, op) if p.starts_with("auth/") => {
+            let path = &p["auth/".len()..];
+            if let Some(target) = path.strip_suffix("/tune") {
+                return tune_auth(core, target, req).await;
+            }
+            match op {
+                Operation::Update => enable_auth(core, path, req).await,
+                Operation::Delete => {
+                    core.disable_auth(path).await?;
+                    Ok(None)
+                }
+                Operation::Read => read_auth(core, path).await,
+                _ => Err(Error::UnsupportedOperation),
+            }
+        }
+        ("policies/acl", Operation::List) => {
+            let keys = core.policies.list().await?;
+            Ok(Some(Response::from_value(json!({ "keys": keys }))))
+        }
+        ("policies/acl", _) => Err(Error::UnsupportedOperation),
+        (p, op) if p.starts_with("policies/acl/") => policy_endpoint(core, req, &p["policies/acl/".len()..], op, false).await,
+        ("policy", Operation::Read | Operation::List) => {
+            let keys = core.policies.list().await?;
+            let mut r = Response::from_value(json!({ "keys": keys, "policies": keys }));
+            r.inject_data_at_top = true;
+            Ok(Some(r))
+        }
+        (p, op) if p.starts_with("policy/") => policy_endpoint(core, req, &p["policy/".len()..], op, true).await,
+        ("capabilities-self", Operation::Update) => {
+            let entry = req.client.as_ref().ok_or(Error::PermissionDenied)?;
+            let acl = core.policies.acl(&entry.policies).await?;
+            capabilities(&acl, req)
+        }
+        ("capabilities", Operation::Update) => {
+            let token = req.data.get("token").and_then(Value::as_str).unwrap_or("");
+            if token.is_empty() {
+                return Err(Error::internal(multi("no token found")));
+            }
+            let Some((_, entry)) = core.tokens.find(token).await? else {
+                return Err(Error::bad_request(multi("invalid token")));
+            };
+            let acl = core.policies.acl(&entry.policies).await?;
+            capabilities(&acl, req)
+        }
+        ("capabilities-accessor", Operation::Update) => {
+            let accessor = req.data.get("accessor").and_then(Value::as_str).unwrap_or("");
+            let Some((_, entry)) = core.tokens.by_accessor(accessor).await? else {
+                return Err(Error::bad_request(multi("invalid accessor")));
+            };
+            let acl = core.policies.acl(&entry.policies).await?;
+            capabilities(&acl, req)
+        }
         ("key-status", Operation::Read) => {
             let ks = core.barrier.key_status()?;
             let mut r = Response::from_value(json!({
@@ -226,19 +328,229 @@ async fn tune_write(core: &Core, want: &str, req: &Request) -> Result<Option<Res
     Ok(Some(Response::default()))
 }
 
+/// The preflight's refusal: 403 with Vault's text, naming the path with a trailing slash.
+fn preflight_denied(path: &str) -> Error {
+    Error::Forbidden(format!(
+        "preflight capability check returned 403, please ensure client's policies grant access to path \"{}/\"",
+        path.trim_end_matches('/')
+    ))
+}
+
+/// The ACL of the request's token for the UI endpoints, which are unauthenticated paths that
+/// check the token themselves (Vault's `fetchACLTokenEntryAndEntity`). Counts no use.
+async fn ui_acl(core: &Core, req: &Request) -> Result<Arc<Acl>> {
+    let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
+    let (_, entry) = core.tokens.lookup(token).await?;
+    core.policies.acl(&entry.policies).await
+}
+
 /// `GET sys/internal/ui/mounts/<path>`: which mount serves a path, and its KV version. The
-/// `vault kv` / `bao kv` commands call this first and break without it.
-fn ui_mount(core: &Core, path: &str) -> Result<Option<Response>> {
+/// `vault kv` / `bao kv` commands call this first and break without it. A token that can do
+/// nothing below the mount gets the same 403 as a path with no mount, so this cannot be used to
+/// discover mounts.
+async fn ui_mount(core: &Core, req: &Request, path: &str) -> Result<Option<Response>> {
+    let acl = ui_acl(core, req).await?;
     let Some((route, _)) = core.router.matching(path) else {
-        return Err(Error::bad_request(format!(
-            "preflight capability check returned 403, please ensure client's policies grant access to path \"{path}/\""
-        )));
+        return Err(preflight_denied(path));
     };
+    if !acl.has_mount_access(&route.prefix) {
+        return Err(preflight_denied(path));
+    }
     let m = &route.entry;
-    let mut v = m.to_api();
+    let mut v = if route.is_auth { m.to_api_auth() } else { m.to_api() };
     if let Value::Object(o) = &mut v {
         o.insert("path".into(), Value::String(m.path.clone()));
         o.insert("deprecation_status".into(), Value::String("supported".into()));
     }
     Ok(Some(Response::from_value(v)))
+}
+
+/// `GET sys/internal/ui/mounts`: the mounts and auth methods the token can use.
+async fn ui_mounts(core: &Core, req: &Request) -> Result<Option<Response>> {
+    let acl = ui_acl(core, req).await?;
+    let mut secret = Map::new();
+    for m in core.mount_table().await? {
+        if acl.has_mount_access(&m.path) {
+            secret.insert(m.path.clone(), m.to_api());
+        }
+    }
+    let mut auth = Map::new();
+    for m in core.auth_table().await? {
+        if acl.has_mount_access(&format!("auth/{}", m.path)) {
+            auth.insert(m.path.clone(), m.to_api_auth());
+        }
+    }
+    Ok(Some(Response::from_value(json!({ "auth": auth, "secret": secret }))))
+}
+
+async fn list_auth(core: &Core) -> Result<Option<Response>> {
+    let table = core.auth_table().await?;
+    let data: Map<String, Value> = table.iter().map(|m| (m.path.clone(), m.to_api_auth())).collect();
+    let mut r = Response::data(data);
+    r.inject_data_at_top = true;
+    Ok(Some(r))
+}
+
+async fn read_auth(core: &Core, path: &str) -> Result<Option<Response>> {
+    let want = format!("{}/", path.trim_matches('/'));
+    let table = core.auth_table().await?;
+    let Some(m) = table.iter().find(|m| m.path == want) else {
+        return Err(Error::bad_request(format!("No auth engine at {want}")));
+    };
+    let mut v = m.to_api_auth();
+    if let Value::Object(o) = &mut v {
+        o.insert("deprecation_status".into(), Value::String("supported".into()));
+    }
+    let mut r = Response::from_value(v);
+    r.inject_data_at_top = true;
+    Ok(Some(r))
+}
+
+/// `GET|POST sys/auth/<path>/tune`: an auth method's lease TTLs and description.
+async fn tune_auth(core: &Core, path: &str, req: &Request) -> Result<Option<Response>> {
+    let want = format!("{}/", path.trim_matches('/'));
+    let (d, m, description) = match req.op {
+        Operation::Read => {
+            let table = core.auth_table().await?;
+            let m = table.iter().find(|m| m.path == want).ok_or_else(|| Error::bad_request(format!("cannot fetch sysview for path \"auth/{want}\"")))?;
+            let (d, max) = core.mount_ttls(m);
+            (d, max, m.description.clone())
+        }
+        Operation::Update => {
+            let ttl = |k: &str| -> Result<Option<u64>> {
+                match req.data.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) if s == "system" => Ok(Some(0)),
+                    Some(v) => crate::policy::parse_duration_value(v).map(Some).map_err(Error::BadRequest),
+                }
+            };
+            let description = req.data.get("description").and_then(Value::as_str).map(str::to_string);
+            core.tune_auth(path, ttl("default_lease_ttl")?, ttl("max_lease_ttl")?, description).await?;
+            return Ok(None);
+        }
+        _ => return Err(Error::UnsupportedOperation),
+    };
+    let mut r = Response::from_value(json!({
+        "default_lease_ttl": d,
+        "max_lease_ttl": m,
+        "force_no_cache": false,
+        "token_type": "default-service",
+        "description": description,
+    }));
+    r.inject_data_at_top = true;
+    Ok(Some(r))
+}
+
+/// `POST sys/auth/<path>` `{type, description, config, options}`.
+async fn enable_auth(core: &Core, path: &str, req: &Request) -> Result<Option<Response>> {
+    let kind = match req.data.get("type") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(Error::bad_request("backend type must be specified as a string")),
+    };
+    let description = req.data.get("description").and_then(Value::as_str).unwrap_or("");
+    let options = match req.data.get("options") {
+        Some(Value::Object(o)) => Some(o.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(Error::bad_request("options must be an object")),
+    };
+    let mut config = mounts::MountConfig::default();
+    if let Some(c) = req.data.get("config") {
+        let c = c.as_object().ok_or_else(|| Error::bad_request("config must be an object"))?;
+        let ttl = |k: &str| -> Result<u64> {
+            c.get(k).map_or(Ok(0), |v| crate::policy::parse_duration_value(v).map_err(|e| Error::bad_request(format!("error parsing {k}: {e}"))))
+        };
+        config.default_lease_ttl = ttl("default_lease_ttl")?;
+        config.max_lease_ttl = ttl("max_lease_ttl")?;
+    }
+    core.enable_auth(path, kind, description, config, options).await?;
+    Ok(None)
+}
+
+/// `sys/policies/acl/<name>` and the legacy `sys/policy/<name>` (which calls the text `rules`
+/// and also answers at the top level of the body).
+async fn policy_endpoint(core: &Core, req: &Request, name: &str, op: Operation, legacy: bool) -> Result<Option<Response>> {
+    let name = crate::policy::normalize_name(name).map_err(Error::BadRequest)?;
+    match op {
+        Operation::Read => {
+            let Some(p) = core.policies.get(&name).await? else {
+                return Ok(None);
+            };
+            let stored = &p.1;
+            let mut v = json!({
+                "name": stored.name,
+                "version": stored.version,
+                "cas_required": false,
+                "allow_wildcards_in_identity_templates": false,
+                "allow_slashes_in_identity_templates": false,
+            });
+            v[if legacy { "rules" } else { "policy" }] = Value::String(stored.policy.clone());
+            if !stored.modified.is_empty() {
+                v["modified"] = Value::String(stored.modified.clone());
+            }
+            let mut r = Response::from_value(v);
+            r.inject_data_at_top = legacy;
+            Ok(Some(r))
+        }
+        Operation::Update => {
+            let mut warnings = Vec::new();
+            let text = match (req.data.get("policy").and_then(Value::as_str), req.data.get("rules").and_then(Value::as_str)) {
+                (Some(p), _) if !p.is_empty() => p.to_string(),
+                (_, Some(r)) if legacy && !r.is_empty() => {
+                    warnings.push("'rules' is deprecated, please use 'policy' instead".to_string());
+                    r.to_string()
+                }
+                _ => return Err(Error::bad_request("'policy' parameter not supplied or empty")),
+            };
+            // Vault accepts the text base64-encoded too (policy text itself never is valid base64).
+            let text = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or(text);
+            core.policies.set(&name, &text).await?;
+            if warnings.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(Response { warnings, ..Default::default() }))
+            }
+        }
+        Operation::Delete => {
+            core.policies.delete(&name).await?;
+            Ok(None)
+        }
+        _ => Err(Error::UnsupportedOperation),
+    }
+}
+
+/// `sys/capabilities*`: `{paths: [...]}` (or `path`) → each path's capabilities, plus
+/// `capabilities` when exactly one path was asked about (for old clients).
+fn capabilities(acl: &Acl, req: &Request) -> Result<Option<Response>> {
+    let mut paths: Vec<String> = Vec::new();
+    for key in ["paths", "path"] {
+        match req.data.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => paths.extend(s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty())),
+            Some(Value::Array(a)) => {
+                for p in a {
+                    paths.push(p.as_str().ok_or_else(|| Error::bad_request("paths must be strings"))?.to_string());
+                }
+            }
+            Some(_) => return Err(Error::bad_request("paths must be a list of strings")),
+        }
+    }
+    if paths.is_empty() {
+        return Err(Error::bad_request("paths must be supplied"));
+    }
+    let mut data = Map::new();
+    for p in paths.iter().take(1000) {
+        data.insert(p.clone(), json!(acl.capabilities(p)));
+    }
+    if paths.len() == 1 {
+        if let Some(c) = data.get(&paths[0]).cloned() {
+            data.insert("capabilities".into(), c);
+        }
+    }
+    let mut r = Response::data(data);
+    r.inject_data_at_top = true;
+    Ok(Some(r))
 }

@@ -152,12 +152,9 @@ pub async fn seal(core: &Core, inc: &Incoming) -> HttpResponse {
     if core.is_sealed() {
         return error_response(&Error::Sealed);
     }
-    let token = match core.authenticate(inc.token().as_deref()).await {
-        Ok(t) => t,
-        Err(e) => return error_response(&e),
-    };
-    if !token.is_root() {
-        return error_response(&Error::PermissionDenied);
+    // Vault lets any token with `sudo` on sys/seal seal the node, not only root tokens.
+    if let Err(e) = core.authorize_sudo(inc.token().as_deref(), "sys/seal").await {
+        return error_response(&e);
     }
     match core.seal().await {
         Ok(()) => super::empty_response(StatusCode::NO_CONTENT),

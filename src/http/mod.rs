@@ -36,7 +36,7 @@ pub fn app(state: AppState) -> axum::Router {
 /// Maps every error to its HTTP status: the only place this happens.
 pub fn error_status(e: &Error) -> StatusCode {
     match e {
-        Error::PermissionDenied | Error::MissingToken => StatusCode::FORBIDDEN,
+        Error::PermissionDenied | Error::MissingToken | Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Sealed => StatusCode::SERVICE_UNAVAILABLE,
         Error::NotInitialized | Error::AlreadyInitialized | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::NoHandler(_) | Error::UnsupportedPath => StatusCode::NOT_FOUND,
@@ -147,6 +147,8 @@ impl Incoming {
         }
         match serde_json::from_slice::<Value>(&self.body) {
             Ok(Value::Object(m)) => Ok(m),
+            // `vault write -f` sends `null`: Vault decodes it into an empty map.
+            Ok(Value::Null) => Ok(Map::new()),
             Ok(_) => Err(Error::bad_request("failed to decode JSON input: body must be a JSON object")),
             Err(e) => Err(Error::bad_request(format!("failed to decode JSON input: {e}"))),
         }
@@ -299,7 +301,7 @@ fn logical_response(op: Operation, resp: Option<Response>) -> HttpResponse {
     if resp.raw {
         return json_response(status, &Value::Object(resp.data.unwrap_or_default()));
     }
-    if resp.data.is_none() && resp.warnings.is_empty() && resp.status.is_none() {
+    if resp.data.is_none() && resp.warnings.is_empty() && resp.status.is_none() && resp.auth.is_none() {
         return empty_response(StatusCode::NO_CONTENT);
     }
     let mut body = Map::new();
@@ -323,7 +325,25 @@ fn logical_response(op: Operation, resp: Option<Response>) -> HttpResponse {
         "warnings".into(),
         if resp.warnings.is_empty() { Value::Null } else { Value::from(resp.warnings) },
     );
-    body.insert("auth".into(), Value::Null);
+    // Vault's `LogicalAuth`: the lease of a login or token creation is the token's, in `auth`.
+    let auth = match resp.auth {
+        None => Value::Null,
+        Some(a) => json!({
+            "client_token": a.client_token,
+            "accessor": a.accessor,
+            "policies": a.policies,
+            "token_policies": a.policies,
+            "metadata": if a.metadata.is_empty() { Value::Null } else { json!(a.metadata) },
+            "lease_duration": a.ttl,
+            "renewable": a.renewable,
+            "entity_id": "",
+            "token_type": "service",
+            "orphan": a.orphan,
+            "mfa_requirement": Value::Null,
+            "num_uses": a.num_uses,
+        }),
+    };
+    body.insert("auth".into(), auth);
     body.insert("mount_type".into(), Value::String(resp.mount_type));
     json_response(status, &Value::Object(body))
 }
