@@ -235,3 +235,52 @@ async fn health_leader_and_seal_status_have_vaults_shape() {
     let (s, l) = api.req("GET", "sys/leader", None).await;
     assert_eq!((s, l["errors"][0].as_str()), (503, Some("Vault is sealed")));
 }
+
+/// Issue 3's engines keep their secrets behind the barrier too: userpass passwords, approle
+/// secret IDs, KV v1 values and policy text never reach the disk in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_store_nothing_in_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut node, api, _keys) = fresh(tmp.path()).await;
+    let password = "PASSWORD-MARKER-3f9a1c";
+    let kv1_value = "KV1-MARKER-77d2e0";
+    let policy_marker = "policy-marker-path-5b8e";
+
+    let (s, v) = api.req("POST", "sys/auth/userpass", Some(json!({"type": "userpass"}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = api.req("POST", "auth/userpass/users/alice", Some(json!({"password": password, "token_policies": ["default"]}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = api.req("POST", "auth/userpass/login/alice", Some(json!({"password": password}))).await;
+    assert_eq!(s, 200, "{v}");
+    let login_token = v["auth"]["client_token"].as_str().unwrap().to_string();
+
+    let (s, v) = api.req("POST", "sys/auth/approle", Some(json!({"type": "approle"}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = api.req("POST", "auth/approle/role/app", Some(json!({"token_policies": ["default"]}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = api.req("POST", "auth/approle/role/app/secret-id", None).await;
+    assert_eq!(s, 200, "{v}");
+    let secret_id = v["data"]["secret_id"].as_str().unwrap().to_string();
+    let (_, v) = api.req("GET", "auth/approle/role/app/role-id", None).await;
+    let role_id = v["data"]["role_id"].as_str().unwrap().to_string();
+
+    let (s, v) = api.req("POST", "sys/mounts/kv1", Some(json!({"type": "kv"}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = api.req("POST", "kv1/app", Some(json!({"v": kv1_value}))).await;
+    assert_eq!(s, 204, "{v}");
+    let policy = format!("path \"secret/data/{policy_marker}\" {{ capabilities = [\"read\"] }}");
+    let (s, v) = api.req("PUT", "sys/policies/acl/marker", Some(json!({"policy": policy}))).await;
+    assert_eq!(s, 204, "{v}");
+    node.stop();
+
+    for entry in walk(&tmp.path().join("data")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for needle in [password, kv1_value, policy_marker, &secret_id, &role_id, &login_token] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains plaintext {needle:?}",
+                entry.display()
+            );
+        }
+    }
+}
