@@ -590,6 +590,19 @@ impl Core {
         Ok(self.core_view().get_json(MOUNT_TABLE_KEY).await?.unwrap_or_default())
     }
 
+    /// Replaces the mount entry at `updated.path` (tune). Under the mount lock, like enable and
+    /// disable, so a tune never overwrites a concurrent mount change with a stale table.
+    pub async fn replace_mount_entry(&self, updated: MountEntry) -> Result<()> {
+        let _g = self.mount_lock.lock().await;
+        let mut table = self.mount_table().await?;
+        let Some(slot) = table.iter_mut().find(|m| m.path == updated.path) else {
+            return Err(Error::bad_request(format!("tune of path \"{}\" failed: no mount entry found", updated.path)));
+        };
+        *slot = updated;
+        self.core_view().put_json(MOUNT_TABLE_KEY, &table).await?;
+        self.router.rebuild(&self.barrier, &table)
+    }
+
     pub async fn enable_mount(&self, path: &str, kind: &str, description: &str, options: Option<Map<String, Value>>) -> Result<()> {
         let _g = self.mount_lock.lock().await;
         let mut table = self.mount_table().await?;

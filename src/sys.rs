@@ -230,9 +230,8 @@ fn tune_ttl(req: &Request, name: &str) -> Result<Option<u64>> {
     }
 }
 
-/// Serialises tune's read-modify-write of the mount table. Mount enable/disable (core.rs) hold
-/// their own lock, not this one: a tune racing an enable can lose the enable's entry. Moving the
-/// table update into `Core` under its mount lock closes that window.
+/// Serialises tunes (an upgrade runs between reading the entry and writing it back); the table
+/// write itself happens under core's mount lock (`Core::replace_mount_entry`).
 static TUNE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn tune_write(core: &Core, want: &str, req: &Request) -> Result<Option<Response>> {
@@ -306,14 +305,7 @@ async fn tune_write(core: &Core, want: &str, req: &Request) -> Result<Option<Res
         tracing::info!(mount = %want, secrets = converted, "upgraded KV v1 mount to v2");
     }
     if updated != entry {
-        // Re-read right before writing so the window for racing a mount change stays short.
-        let mut table = core.mount_table().await?;
-        let Some(slot) = table.iter_mut().find(|m| m.path == want) else {
-            return Err(Error::bad_request(format!("tune of path \"{want}\" failed: no mount entry found")));
-        };
-        *slot = updated;
-        crate::view::View::new(core.barrier.clone(), "core/").put_json(mounts::MOUNT_TABLE_KEY, &table).await?;
-        core.router.rebuild(&core.barrier, &table)?;
+        core.replace_mount_entry(updated).await?;
     }
     if upgrade {
         crate::kv::finish_upgrade(&view).await?;
