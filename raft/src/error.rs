@@ -12,7 +12,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
     /// Reading or writing the node's files failed. After a failed sync the store refuses every
-    /// further write until the process restarts (see `store::Syncer`).
+    /// further write until the process restarts (see `vaultd_storage::sled_sync::SledSyncer`).
     #[error("raft storage I/O failed: {0}")]
     Io(String),
     /// Data on disk (or a received snapshot) does not decode or breaks an invariant.

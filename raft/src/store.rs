@@ -18,8 +18,9 @@
 //! - sled writes `conf` without a sync and renames its page-table snapshots (`snap.*`) into place
 //!   without syncing the directory; nobody syncs the directories it creates.
 //!
-//! [`Syncer::sync`] therefore runs sled's flush and then `fdatasync`s the log file, fsyncs every
-//! blob that is new or changed size, and fsyncs a directory whose entries changed. Every point at
+//! [`SledSyncer::sync`] (in `vaultd_storage::sled_sync`, shared with the sled backend) therefore
+//! runs sled's flush, fsyncs every blob that is new or changed size and a directory whose entries
+//! changed, and then `fdatasync`s the log file. Every point at
 //! which this crate tells openraft "on disk" (`append`'s callback, `save_vote`,
 //! `truncate`, `purge`, `install_snapshot`) goes through it. One sync covers every tree: sled keeps
 //! a single log for the whole database.
@@ -29,16 +30,15 @@
 //! further sync, openraft turns the storage error into a fatal stop, and the node recovers from
 //! what is really on disk when the process restarts.
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
-use std::fs::{self, File};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use vaultd_storage::sled_sync::{create_dir_durably, SledSyncer, SyncError};
 
 use crate::error::RaftError;
 
@@ -100,7 +100,7 @@ pub(crate) struct Store {
     /// The last index `save_committed` made durable, for status reporting (openraft 0.9's metrics
     /// carry no committed index).
     pub(crate) committed_index: AtomicU64,
-    syncer: Mutex<Syncer>,
+    syncer: Mutex<SledSyncer>,
 }
 
 impl Store {
@@ -119,8 +119,8 @@ impl Store {
         let db = sled::Config::new().path(&dir).cache_capacity(CACHE_CAPACITY_BYTES).open()?;
         let log = db.open_tree(TREE_LOG)?;
         let meta = db.open_tree(TREE_META)?;
-        let syncer =
-            Syncer::new(path, &dir).map_err(|e| io_error("opening sled's files in", &dir, e))?;
+        let syncer = SledSyncer::new(&dir, Some(path))
+            .map_err(|e| io_error("opening sled's files in", &dir, e))?;
 
         let raft_id = match meta.get(meta_key::RAFT_ID)? {
             Some(raw) => {
@@ -152,7 +152,13 @@ impl Store {
     pub(crate) fn sync_blocking(&self) -> Result<(), RaftError> {
         let mut syncer =
             self.syncer.lock().map_err(|_| RaftError::Io("the sync lock is poisoned".into()))?;
-        syncer.sync(&self.db)
+        syncer.sync(&self.db).map_err(|e| {
+            let err = sync_error(&e);
+            if !matches!(e, SyncError::Refused(_)) {
+                tracing::error!("failed to sync raft storage, refusing all further writes: {err}");
+            }
+            err
+        })
     }
 
     /// [`Store::sync_blocking`] on tokio's blocking pool, so an fsync never stalls the runtime's
@@ -211,144 +217,17 @@ fn check_existing(meta: &sled::Tree, node_id: &str) -> Result<(), RaftError> {
     Ok(())
 }
 
-/// Closes the gaps in sled's durability (module docs). Only used under the `Store`'s mutex.
-struct Syncer {
-    dir: PathBuf,
-    /// `<dir>/db`, sled's log. One handle kept open: fdatasync through any descriptor writes back
-    /// the inode's dirty pages and flushes the drive cache, whichever descriptor wrote them.
-    log: File,
-    dir_handle: File,
-    /// The raft `path`, parent of `dir`: synced once, so that `vaultd.sled` itself survives.
-    parent_handle: Option<File>,
-    blobs_dir: PathBuf,
-    blobs_handle: File,
-    /// Entries of `dir` at the last sync; a change (sled renamed a snapshot into place) needs a
-    /// directory fsync for the new entry to survive power loss.
-    dir_entries: BTreeSet<OsString>,
-    /// Blob files already synced, with the size they had then. A blob may be seen while sled is
-    /// still writing it: a later size change means it must be synced again.
-    synced_blobs: HashMap<OsString, u64>,
-    /// Set by the first failed sync; see the module docs.
-    failed: Option<String>,
-}
-
-impl Syncer {
-    fn new(parent: &Path, dir: &Path) -> io::Result<Self> {
-        let blobs_dir = dir.join("blobs");
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            log: File::open(dir.join("db"))?,
-            dir_handle: File::open(dir)?,
-            parent_handle: Some(File::open(parent)?),
-            blobs_handle: File::open(&blobs_dir)?,
-            blobs_dir,
-            dir_entries: BTreeSet::new(),
-            synced_blobs: HashMap::new(),
-            failed: None,
-        })
+/// A [`SyncError`] in this crate's words: a failed sled flush keeps its corruption/I/O split, and
+/// a refusal names the first failure as it was reported then.
+fn sync_error(e: &SyncError) -> RaftError {
+    match e {
+        SyncError::Flush(sled_error) => RaftError::from(sled_error.clone()),
+        SyncError::Io { .. } => RaftError::Io(e.to_string()),
+        SyncError::Refused(first) => RaftError::Io(format!(
+            "storage refuses writes after an earlier failed sync: {}",
+            sync_error(first)
+        )),
     }
-
-    fn sync(&mut self, db: &sled::Db) -> Result<(), RaftError> {
-        if let Some(reason) = &self.failed {
-            return Err(RaftError::Io(format!(
-                "storage refuses writes after an earlier failed sync: {reason}"
-            )));
-        }
-        let result = self.sync_once(db);
-        if let Err(e) = &result {
-            tracing::error!("failed to sync raft storage, refusing all further writes: {e}");
-            self.failed = Some(e.to_string());
-        }
-        result
-    }
-
-    fn sync_once(&mut self, db: &sled::Db) -> Result<(), RaftError> {
-        // Writes sled's buffers out (and any blob files it has pending).
-        db.flush()?;
-        // Blobs before the log, so that a log record is never durable ahead of a blob it points to.
-        self.sync_blobs().map_err(|e| io_error("syncing sled blobs in", &self.blobs_dir, e))?;
-        self.sync_dir().map_err(|e| io_error("syncing the directory", &self.dir, e))?;
-        self.log.sync_data().map_err(|e| io_error("fdatasync of sled's log in", &self.dir, e))?;
-        if let Some(parent) = self.parent_handle.take() {
-            parent.sync_all().map_err(|e| io_error("syncing the parent of", &self.dir, e))?;
-        }
-        Ok(())
-    }
-
-    fn sync_blobs(&mut self) -> io::Result<()> {
-        let mut seen: HashMap<OsString, u64> = HashMap::with_capacity(self.synced_blobs.len());
-        let mut dir_changed = false;
-        for entry in fs::read_dir(&self.blobs_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            // The size is read before the sync: if sled appends afterwards, the next sync sees a
-            // different size and syncs the file again.
-            let len = match entry.metadata() {
-                Ok(m) => m.len(),
-                // sled garbage-collects blobs concurrently; one that vanished needs no sync.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let known = self.synced_blobs.get(&name).copied();
-            if known != Some(len) {
-                dir_changed |= known.is_none();
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            seen.insert(name, len);
-        }
-        dir_changed |= seen.len() != self.synced_blobs.len();
-        if dir_changed {
-            self.blobs_handle.sync_all()?;
-        }
-        self.synced_blobs = seen;
-        Ok(())
-    }
-
-    fn sync_dir(&mut self) -> io::Result<()> {
-        let mut entries = BTreeSet::new();
-        for entry in fs::read_dir(&self.dir)? {
-            entries.insert(entry?.file_name());
-        }
-        if entries != self.dir_entries {
-            // `conf` is written (unsynced) only when sled creates the database, which is also when
-            // the directory's entries first "change" for this syncer.
-            match File::open(self.dir.join("conf")) {
-                Ok(f) => f.sync_all()?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            self.dir_handle.sync_all()?;
-            self.dir_entries = entries;
-        }
-        Ok(())
-    }
-}
-
-/// `create_dir_all`, then fsync the parent of every directory it created, so the directory chain
-/// survives a power loss right after `open`.
-fn create_dir_durably(path: &Path) -> io::Result<()> {
-    let mut missing: Vec<&Path> = Vec::new();
-    let mut cur = Some(path);
-    while let Some(p) = cur {
-        if p.as_os_str().is_empty() || p.exists() {
-            break;
-        }
-        missing.push(p);
-        cur = p.parent();
-    }
-    fs::create_dir_all(path)?;
-    for created in missing {
-        let parent = match created.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> RaftError {

@@ -11,11 +11,13 @@
 //! - The Raft backend lives in the `vaultd-raft` crate and implements the same trait.
 //!
 //! [`conformance`] holds the checks every backend must pass (a port of Vault's
-//! `ExerciseBackend` and `ExerciseBackend_ListPrefix`).
+//! `ExerciseBackend` and `ExerciseBackend_ListPrefix`). [`sled_sync`] is the sync that makes what
+//! sled wrote durable, shared by the sled backend and the Raft store.
 
 pub mod conformance;
 pub mod inmem;
 pub mod sled_backend;
+pub mod sled_sync;
 
 use async_trait::async_trait;
 

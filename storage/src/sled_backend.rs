@@ -14,6 +14,9 @@
 //! - sled writes its `conf` file with no fsync, and nobody fsyncs the directories it creates; we do
 //!   both when opening.
 //!
+//! Those syncs are [`SledSyncer`], shared with the Raft store; a failed sync is final, and the
+//! writer thread then refuses every further write.
+//!
 //! An fdatasync costs about 0.3 ms on this class of machine, so syncing once per write would cap a
 //! node at ~3,000 writes/s in total. Writes therefore go through **group commit**: one dedicated
 //! writer thread takes every write that is waiting (up to [`MAX_GROUP`]), applies them to sled, makes
@@ -29,16 +32,14 @@
 //! observe a write that a crash in that window then loses. sled has no way to stage a write durably
 //! without publishing it.
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
-use std::fs::{self, File};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sled_sync::{create_dir_durably, SledSyncer, SyncError, SyncStep};
 use crate::{list_children, validate_key, validate_put, Backend, Error, Result, TxnOp};
 
 /// sled's page cache size. sled's 1 GiB default inflates RSS far beyond what a secrets server
@@ -106,10 +107,11 @@ impl SledBackend {
             .map_err(sled_err)?;
         let tree = db.open_tree(TREE_NAME).map_err(sled_err)?;
 
-        let mut syncer = Syncer::new(path).map_err(|e| io_err("opening sled's files", path, e))?;
+        let mut syncer =
+            SledSyncer::new(path, None).map_err(|e| io_err("opening sled's files", path, e))?;
         // Make what sled just created durable before anything is acknowledged: `conf` (never
         // fsync'd by sled), the `blobs/` entry, the tree creation in the log.
-        syncer.sync(&db)?;
+        syncer.sync(&db).map_err(|e| Error::Io(sync_msg(&e)))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer_tree = tree.clone();
@@ -244,15 +246,11 @@ fn list_blocking(tree: &sled::Tree, prefix: &str) -> Result<Vec<String>> {
 fn writer_loop(
     db: sled::Db,
     tree: sled::Tree,
-    mut syncer: Syncer,
+    mut syncer: SledSyncer,
     mut rx: mpsc::Receiver<WriteRequest>,
 ) {
     let mut group: Vec<WriteRequest> = Vec::with_capacity(MAX_GROUP);
     let mut applied: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::with_capacity(MAX_GROUP);
-    // Set when a flush or sync fails. After a failed fsync the kernel may have dropped the dirty
-    // pages and cleared the error ("fsyncgate"), so a later successful sync proves nothing: every
-    // further write is refused until the process restarts and sled recovers from what is on disk.
-    let mut broken: Option<String> = None;
 
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -263,7 +261,12 @@ fn writer_loop(
             }
         }
 
-        if let Some(reason) = &broken {
+        // After a failed flush or sync the syncer refuses every further sync (see `sled_sync`), so
+        // a write would never become durable: refuse it before it reaches sled, until the process
+        // restarts and sled recovers from what is on disk.
+        if let Some(first) = syncer.failure() {
+            let reason =
+                format!("sled storage refuses writes after a failed sync: {}", sync_msg(first));
             for req in group.drain(..) {
                 let _ = req.ack.send(Err(Error::Unavailable(reason.clone())));
             }
@@ -275,13 +278,7 @@ fn writer_loop(
         }
 
         // The sync error as text, to hand one copy to each caller of the group.
-        let synced = syncer.sync(&db).map_err(|e| match e {
-            Error::Io(msg) => msg,
-            other => other.to_string(),
-        });
-        if let Err(msg) = &synced {
-            broken = Some(format!("sled storage refuses writes after a failed sync: {msg}"));
-        }
+        let synced = syncer.sync(&db).map_err(|e| sync_msg(&e));
         for (ack, result) in applied.drain(..) {
             let outcome = match (&synced, result) {
                 (_, Err(e)) => Err(e),
@@ -306,129 +303,19 @@ fn apply(tree: &sled::Tree, op: WriteOp) -> Result<()> {
     .map_err(sled_err)
 }
 
-/// Closes the gaps in sled's durability (see the module docs). Owned by the writer thread, so the
-/// bookkeeping needs no lock.
-struct Syncer {
-    dir: PathBuf,
-    /// `<dir>/db`, sled's log. One handle kept open: fdatasync through any descriptor flushes the
-    /// inode's dirty pages and the drive cache, whichever descriptor wrote them.
-    log: File,
-    dir_handle: File,
-    blobs_dir: PathBuf,
-    blobs_handle: File,
-    /// Entries of `dir` at the last sync: when they change (sled renamed a snapshot into place),
-    /// the directory itself needs an fsync for the new entry to survive a power loss.
-    dir_entries: BTreeSet<OsString>,
-    /// Blob files already fsync'd, with the size they had. A blob is written once, but we may see
-    /// it while sled is still writing it; a later size change means it must be synced again.
-    synced_blobs: HashMap<OsString, u64>,
-}
-
-impl Syncer {
-    fn new(dir: &Path) -> io::Result<Self> {
-        let blobs_dir = dir.join("blobs");
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            log: File::open(dir.join("db"))?,
-            dir_handle: File::open(dir)?,
-            blobs_handle: File::open(&blobs_dir)?,
-            blobs_dir,
-            dir_entries: BTreeSet::new(),
-            synced_blobs: HashMap::new(),
-        })
-    }
-
-    /// Makes every write applied so far durable: sled's flush (write-back of its buffers, plus
-    /// writing any new blob files), then fsync of new blobs and changed directories, then
-    /// fdatasync of the log. Blobs go first so that a log record never becomes durable before a
-    /// blob it points to. The first call (at open) also syncs `conf`.
-    fn sync(&mut self, db: &sled::Db) -> Result<()> {
-        db.flush().map_err(sled_err)?;
-        self.sync_blobs().map_err(|e| io_err("syncing sled blobs in", &self.blobs_dir, e))?;
-        self.sync_dir().map_err(|e| io_err("syncing the data directory", &self.dir, e))?;
-        self.log.sync_data().map_err(|e| io_err("fdatasync of sled's log in", &self.dir, e))
-    }
-
-    fn sync_blobs(&mut self) -> io::Result<()> {
-        let mut current: HashMap<OsString, u64> = HashMap::with_capacity(self.synced_blobs.len());
-        let mut dir_changed = false;
-        for entry in fs::read_dir(&self.blobs_dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            // Read the size before syncing: if sled appends after this, the next sync sees a new
-            // size and syncs again.
-            let len = match entry.metadata() {
-                Ok(m) => m.len(),
-                // sled garbage-collects blobs concurrently; a vanished one needs no sync.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            match self.synced_blobs.get(&name) {
-                Some(&synced_len) if synced_len == len => {}
-                known => {
-                    dir_changed |= known.is_none();
-                    match File::open(entry.path()) {
-                        Ok(f) => f.sync_data()?,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            current.insert(name, len);
-        }
-        dir_changed |= current.len() != self.synced_blobs.len();
-        if dir_changed {
-            self.blobs_handle.sync_all()?;
-        }
-        self.synced_blobs = current;
-        Ok(())
-    }
-
-    fn sync_dir(&mut self) -> io::Result<()> {
-        let mut entries = BTreeSet::new();
-        for entry in fs::read_dir(&self.dir)? {
-            entries.insert(entry?.file_name());
-        }
-        if entries != self.dir_entries {
-            // `conf` is rewritten only when the database is created, and only at open can it be
-            // new; syncing it whenever the directory changed is cheap and covers that case.
-            match File::open(self.dir.join("conf")) {
-                Ok(f) => f.sync_all()?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            self.dir_handle.sync_all()?;
-            self.dir_entries = entries;
-        }
-        Ok(())
-    }
-}
-
-/// `create_dir_all`, then fsync the parent of every directory it created, so that the data
-/// directory itself survives a power loss right after `open`.
-fn create_dir_durably(path: &Path) -> io::Result<()> {
-    let mut missing: Vec<&Path> = Vec::new();
-    let mut cur = Some(path);
-    while let Some(p) = cur {
-        if p.as_os_str().is_empty() || p.exists() {
-            break;
-        }
-        missing.push(p);
-        cur = p.parent();
-    }
-    fs::create_dir_all(path)?;
-    for created in missing {
-        let parent = match created.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
 fn sled_err(e: sled::Error) -> Error {
     Error::Io(format!("sled: {e}"))
+}
+
+/// A sync error's message as this crate words it: [`SyncError`]'s own text, except that here the
+/// sled directory is "the data directory".
+fn sync_msg(e: &SyncError) -> String {
+    match e {
+        SyncError::Io { step: SyncStep::Dir, path, source } => {
+            format!("syncing the data directory {}: {source}", path.display())
+        }
+        other => other.to_string(),
+    }
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
@@ -442,6 +329,7 @@ fn writer_gone() -> Error {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::fs;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::sync::Arc;
