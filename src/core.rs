@@ -24,6 +24,7 @@
 //!   identity) finished: `ready` is set last, and requests check only `ready`.
 //! - init, unseal and seal are serialised by one mutex; requests never take it.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
-use vaultd_raft::RaftNode;
+use vaultd_raft::{ClusterTls, RaftNode};
 use vaultd_storage::Backend;
 
 use crate::barrier::{Barrier, RootKey};
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::mounts::{self, MountEntry, AUTH_TABLE_KEY, MOUNT_TABLE_KEY};
 use crate::policy::{self, Op};
 use crate::policy_store::PolicyStore;
+use crate::raft_join::{self, PendingJoin};
 use crate::request::{Auth, Operation, Request, Response};
 use crate::router::{path_matches, Route, Router};
 use crate::seal::{self, SealConfig, UnsealKey, UnsealProgress};
@@ -74,6 +76,9 @@ pub struct CoreConfig {
     pub storage: StorageKind,
     pub api_addr: String,
     pub cluster_addr: String,
+    /// Where this node's cluster port listens (the first listener's `cluster_address`), when it
+    /// is an IP address and port.
+    pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
 }
@@ -131,6 +136,7 @@ pub struct Core {
     pub policies: PolicyStore,
     pub api_addr: String,
     pub cluster_addr: String,
+    pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
     ready: AtomicBool,
@@ -139,6 +145,10 @@ pub struct Core {
     mount_lock: Mutex<()>,
     cluster: RwLock<Option<ClusterInfo>>,
     active_since: RwLock<Option<String>>,
+    /// A raft join waiting for the unseal keys (`raft_join`).
+    pending_join: RwLock<Option<PendingJoin>>,
+    /// Per-process secret the expected raft join answers are derived from (`raft_join`).
+    join_secret: [u8; 32],
 }
 
 impl Core {
@@ -153,6 +163,7 @@ impl Core {
             router: Router::new(),
             api_addr: cfg.api_addr,
             cluster_addr: cfg.cluster_addr,
+            cluster_bind: cfg.cluster_bind,
             default_lease_ttl: cfg.default_lease_ttl,
             max_lease_ttl: cfg.max_lease_ttl,
             ready: AtomicBool::new(false),
@@ -160,6 +171,8 @@ impl Core {
             mount_lock: Mutex::new(()),
             cluster: RwLock::new(None),
             active_since: RwLock::new(None),
+            pending_join: RwLock::new(None),
+            join_secret: rand::random(),
         })
     }
 
@@ -190,7 +203,17 @@ impl Core {
         self.active_since.read().ok().and_then(|c| c.clone())
     }
 
+    /// The seal configuration: the stored one, else that of the cluster a pending raft join is
+    /// joining (the node then counts as initialized and takes that cluster's unseal keys).
     pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
+        match self.stored_seal_config().await? {
+            Some(c) => Ok(Some(c)),
+            None => Ok(self.pending_join().map(|j| j.seal_config)),
+        }
+    }
+
+    /// The seal configuration in this node's storage only.
+    pub async fn stored_seal_config(&self) -> Result<Option<SealConfig>> {
         match self.physical.get(seal::SEAL_CONFIG_PATH).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
@@ -201,6 +224,26 @@ impl Core {
 
     pub async fn initialized(&self) -> Result<bool> {
         Ok(self.seal_config().await?.is_some())
+    }
+
+    pub fn pending_join(&self) -> Option<PendingJoin> {
+        self.pending_join.read().ok().and_then(|j| j.clone())
+    }
+
+    pub fn set_pending_join(&self, join: PendingJoin) {
+        if let Ok(mut j) = self.pending_join.write() {
+            *j = Some(join);
+        }
+    }
+
+    fn clear_pending_join(&self) {
+        if let Ok(mut j) = self.pending_join.write() {
+            *j = None;
+        }
+    }
+
+    pub fn join_secret(&self) -> &[u8; 32] {
+        &self.join_secret
     }
 
     /// Makes sure this node can write: with integrated storage, bootstrap a one-voter cluster the
@@ -215,6 +258,72 @@ impl Core {
                 .map_err(|e| Error::Unavailable(format!("no raft leader: {e}")))?;
         }
         Ok(())
+    }
+
+    /// At unseal: the only voter must lead (as `ensure_writable`); a member of a larger cluster
+    /// waits (bounded) for some leader and, if that is itself, for its leadership to be proven.
+    /// A follower is ready once it knows a leader: its reads are local, its writes get NotLeader.
+    async fn wait_for_cluster(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let me = raft.raft_id();
+        let peers = raft.configuration();
+        let only_voter = peers.iter().filter(|p| p.voter).all(|p| p.raft_id == me);
+        if !raft.is_initialized().await || only_voter {
+            return self.ensure_writable().await;
+        }
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let st = raft.status();
+            if st.is_leader {
+                let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+                return raft.wait_for_leader(remaining).await.map_err(|e| Error::Unavailable(format!("no raft leader: {e}")));
+            }
+            if st.leader.is_some() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!("no raft leader after {LEADER_WAIT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the cluster port with the identity kept in the barrier (`core/raft/tls`). A cluster
+    /// made before that identity existed gets one now, if this node is its only voter and leads.
+    async fn start_cluster_port(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let core = self.core_view();
+        let tls: Option<ClusterTls> = core.get_json(raft_join::TLS_KEY).await?;
+        let only_voter = raft.configuration().iter().filter(|p| p.voter).all(|p| p.raft_id == raft.raft_id());
+        let tls = match tls {
+            Some(t) => t,
+            None if only_voter => {
+                self.ensure_writable().await?;
+                let t = ClusterTls::generate()?;
+                core.put_json(raft_join::TLS_KEY, &t).await?;
+                t
+            }
+            None => return Err(Error::internal("the cluster TLS identity is missing from core/raft/tls")),
+        };
+        let Some(bind) = self.cluster_bind else {
+            if only_voter {
+                tracing::warn!("no usable cluster_address: the cluster port stays closed, so no node can join");
+                return Ok(());
+            }
+            return Err(Error::Unavailable("no usable cluster_address to start the cluster port on".into()));
+        };
+        match raft.start_cluster(bind, &tls).await {
+            Ok(addr) => {
+                tracing::info!(%addr, "cluster port listening");
+                Ok(())
+            }
+            // A lone node serves without its cluster port (a dev server whose port+1 is taken).
+            Err(e) if only_voter => {
+                tracing::warn!(error = %e, "starting the cluster port failed; no node can join");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `PUT sys/init`: creates the keys and the root token. The node stays sealed afterwards,
@@ -259,6 +368,11 @@ impl Core {
         };
         core.put_json("cluster/local/info", &info).await?;
         core.put_json(AUTH_TABLE_KEY, &mounts::default_auth_table()).await?;
+        if let StorageKind::Raft(_) = self.storage {
+            // The cluster's TLS identity: every node gets it through the barrier (joining nodes
+            // in the bootstrap answer first).
+            core.put_json(raft_join::TLS_KEY, &ClusterTls::generate()?).await?;
+        }
         self.policies.ensure_default().await?;
         self.tokens.create_root(root_token_id).await
     }
@@ -277,6 +391,15 @@ impl Core {
         };
         // Threshold reached: whatever happens next, this attempt is over.
         *life = None;
+        if self.stored_seal_config().await?.is_none() {
+            if let Some(join) = self.pending_join() {
+                // A joining node: the keys prove membership to the leader, then the node unseals
+                // with the root key it unwrapped. Wrong keys leave the join pending.
+                let root_key = raft_join::finish(self, &join, &unseal_key).await?;
+                self.clear_pending_join();
+                return self.unseal_with_root_key(&root_key).await;
+            }
+        }
         let wrapped = self.physical.get(seal::ROOT_KEY_PATH).await?.ok_or_else(|| Error::internal("root key missing from storage"))?;
         let root_key = seal::unwrap_root_key(&unseal_key, &wrapped)?;
         self.unseal_with_root_key(&root_key).await
@@ -304,7 +427,9 @@ impl Core {
 
     /// Loads everything a serving node needs, then marks it ready.
     async fn post_unseal(&self) -> Result<()> {
-        self.ensure_writable().await?;
+        // The cluster port first: a member of a larger cluster needs it to find its leader.
+        self.start_cluster_port().await?;
+        self.wait_for_cluster().await?;
         let core = self.core_view();
         let table: Vec<MountEntry> = match core.get_json(MOUNT_TABLE_KEY).await? {
             Some(t) => t,
@@ -736,6 +861,7 @@ mod tests {
             storage: StorageKind::Inmem,
             api_addr: "http://127.0.0.1:8200".into(),
             cluster_addr: "https://127.0.0.1:8201".into(),
+            cluster_bind: None,
             default_lease_ttl: 768 * 3600,
             max_lease_ttl: 768 * 3600,
         });
