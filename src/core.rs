@@ -25,7 +25,7 @@
 //! - init, unseal and seal are serialised by one mutex; requests never take it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ use crate::view::{View, ViewOp};
 
 /// How long unseal waits for this node to lead its Raft group before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How long unseal on a member of a multi-node cluster waits to find its leader.
+const CLUSTER_WAIT: Duration = Duration::from_secs(5);
 /// Upper bound on keys removed when a mount is disabled in one call (bounded memory).
 const MAX_UNMOUNT_KEYS: usize = 1_000_000;
 
@@ -149,6 +151,12 @@ pub struct Core {
     pending_join: RwLock<Option<PendingJoin>>,
     /// Per-process secret the expected raft join answers are derived from (`raft_join`).
     join_secret: [u8; 32],
+    /// On a raft follower: the applied index the caches and routes were last refreshed at
+    /// (`sync_follower`), and the lock that makes one request do each refresh.
+    follower_synced: AtomicU64,
+    /// Whether that refresh happened as leader.
+    synced_as_leader: AtomicBool,
+    follower_sync: Mutex<()>,
 }
 
 impl Core {
@@ -173,6 +181,9 @@ impl Core {
             active_since: RwLock::new(None),
             pending_join: RwLock::new(None),
             join_secret: rand::random(),
+            follower_synced: AtomicU64::new(0),
+            synced_as_leader: AtomicBool::new(false),
+            follower_sync: Mutex::new(()),
         })
     }
 
@@ -260,31 +271,37 @@ impl Core {
         Ok(())
     }
 
-    /// At unseal: the only voter must lead (as `ensure_writable`); a member of a larger cluster
-    /// waits (bounded) for some leader and, if that is itself, for its leadership to be proven.
-    /// A follower is ready once it knows a leader: its reads are local, its writes get NotLeader.
+    /// At unseal: the only voter must lead (as `ensure_writable`). A member of a larger cluster
+    /// waits, bounded by [`CLUSTER_WAIT`], until it knows another leader or has proven its own
+    /// leadership (a quorum round), and then unseals either way: a follower is ready once it
+    /// knows a leader (reads are local, writes get NotLeader), and after a full-cluster restart
+    /// the first node unsealed cannot reach a quorum until the others are unsealed too (their
+    /// cluster ports open only then), so refusing to unseal would deadlock the restart.
     async fn wait_for_cluster(&self) -> Result<()> {
         let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
         let me = raft.raft_id();
-        let peers = raft.configuration();
-        let only_voter = peers.iter().filter(|p| p.voter).all(|p| p.raft_id == me);
+        let only_voter = raft.configuration().iter().filter(|p| p.voter).all(|p| p.raft_id == me);
         if !raft.is_initialized().await || only_voter {
             return self.ensure_writable().await;
         }
-        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        let deadline = std::time::Instant::now() + CLUSTER_WAIT;
         loop {
             let st = raft.status();
             if st.is_leader {
+                // openraft restores a node that led before a restart as leader of its old term;
+                // only a quorum round proves it. Short rounds, so a refusal is retried.
                 let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-                return raft.wait_for_leader(remaining).await.map_err(|e| Error::Unavailable(format!("no raft leader: {e}")));
-            }
-            if st.leader.is_some() {
+                if raft.wait_for_leader(remaining.min(Duration::from_secs(1))).await.is_ok() {
+                    return Ok(());
+                }
+            } else if st.leader.as_ref().is_some_and(|n| n.node_id != raft.node().node_id) {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
-                return Err(Error::Unavailable(format!("no raft leader after {LEADER_WAIT:?}")));
+                tracing::warn!("unsealing without a raft leader (no quorum yet): writes fail until the other nodes are unsealed");
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -313,10 +330,7 @@ impl Core {
             return Err(Error::Unavailable("no usable cluster_address to start the cluster port on".into()));
         };
         match raft.start_cluster(bind, &tls).await {
-            Ok(addr) => {
-                tracing::info!(%addr, "cluster port listening");
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             // A lone node serves without its cluster port (a dev server whose port+1 is taken).
             Err(e) if only_voter => {
                 tracing::warn!(error = %e, "starting the cluster port failed; no node can join");
@@ -422,6 +436,47 @@ impl Core {
             return Err(e);
         }
         tracing::info!("core: vault is unsealed");
+        Ok(())
+    }
+
+    /// A follower's caches (tokens, policies, compiled ACLs, engines' state) and mount routes are
+    /// filled from its local store, which the leader changes under it through Raft: whenever
+    /// entries were applied since the last request, drop the caches and rebuild the routes from
+    /// the stored tables, so that a revoked token or a changed policy or mount takes effect here
+    /// as soon as it is applied. Coarse (any write invalidates everything); per-key invalidation
+    /// comes with performance standbys. The leader changes all of these through its own code
+    /// paths, which invalidate as they go, so it only records where it is.
+    async fn sync_follower(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let (leader, applied) = raft.leader_state_and_applied();
+        let was_leader = self.synced_as_leader.load(Ordering::Acquire);
+        if leader && was_leader {
+            // Still the leader that refreshed last: everything applied since is its own doing.
+            self.follower_synced.store(applied, Ordering::Release);
+            return Ok(());
+        }
+        if !leader && !was_leader && self.follower_synced.load(Ordering::Acquire) == applied {
+            return Ok(());
+        }
+        let _one = self.follower_sync.lock().await;
+        // Read again under the lock: applies may have continued, and another request may have
+        // refreshed meanwhile.
+        let (leader, applied) = raft.leader_state_and_applied();
+        if leader == self.synced_as_leader.load(Ordering::Acquire) && self.follower_synced.load(Ordering::Acquire) == applied {
+            return Ok(());
+        }
+        // A follower that just became leader refreshes once too: it applied the old leader's
+        // entries before its term started.
+        // Mount changes on a new leader rebuild the routes under this lock too.
+        let _mounts = self.mount_lock.lock().await;
+        self.tokens.clear_cache();
+        self.policies.invalidate();
+        let core = self.core_view();
+        let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
+        let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
+        self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
+        self.follower_synced.store(applied, Ordering::Release);
+        self.synced_as_leader.store(leader, Ordering::Release);
         Ok(())
     }
 
@@ -600,6 +655,7 @@ impl Core {
         if self.is_sealed() {
             return Err(Error::Sealed);
         }
+        self.sync_follower().await?;
         let (target, mount_point) = self.target(&req.path);
         let mut req = req.clone();
         req.mount_point = mount_point;

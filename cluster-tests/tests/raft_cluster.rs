@@ -74,6 +74,13 @@ async fn three_nodes_form_a_cluster_by_join() {
     assert_eq!(s, 400);
     n2.client().unseal(&keys[..2]).await;
 
+    // An unreachable leader: a clear error, and the node stays uninitialized.
+    let (s, v) = n3.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": "http://127.0.0.1:1" }))).await;
+    assert_eq!(s, 500, "{v}");
+    assert!(v["errors"][0].as_str().unwrap_or("").contains("failed to join raft cluster"), "{v}");
+    let (_, st) = n3.client().req("GET", "sys/seal-status", None).await;
+    assert_eq!(st["initialized"], json!(false), "{st}");
+
     // Node 3 joins through the CLI (the `join` alias of `operator raft join`).
     let (code, out, err) = run_cmd(vaultd(&n3.addr, None).args(["join", &n1.addr]));
     assert_eq!(code, 0, "{out}{err}");
@@ -112,6 +119,30 @@ async fn three_nodes_form_a_cluster_by_join() {
     for n in [&n2, &n3] {
         let v = read_eventually(&n.client().with_token(&root), "kv/data/shared").await;
         assert_eq!(v["data"]["data"]["v"], "replicated", "{v}");
+    }
+
+    // Followers follow later changes too: a mount enabled after they joined, a revoked token.
+    let (s, v) = c1.req("POST", "sys/mounts/later", Some(json!({"type": "kv", "options": {"version": "2"}}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = c1.req("POST", "later/data/k", Some(json!({ "data": { "v": "late" } }))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c1.req("POST", "auth/token/create", Some(json!({ "policies": ["root"] }))).await;
+    assert_eq!(s, 200, "{v}");
+    let child = v["auth"]["client_token"].as_str().unwrap().to_string();
+    for n in [&n2, &n3] {
+        let v = read_eventually(&n.client().with_token(&child), "later/data/k").await;
+        assert_eq!(v["data"]["data"]["v"], "late", "{v}");
+    }
+    let (s, v) = c1.req("POST", "auth/token/revoke", Some(json!({ "token": child }))).await;
+    assert_eq!(s, 204, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (s, _) = n2.client().with_token(&child).req("GET", "later/data/k", None).await;
+        if s == 403 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a revoked token still works on a follower: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // A follower names the leader and refuses writes (forwarding is issue 5).
