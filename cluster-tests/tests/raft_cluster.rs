@@ -55,8 +55,8 @@ async fn read_eventually(api: &Api, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_by_join() {
     let tmp = tempfile::tempdir().unwrap();
-    let n1 = Node::raft(&tmp.path().join("n1"), "node1");
-    let n2 = Node::raft(&tmp.path().join("n2"), "node2");
+    let mut n1 = Node::raft(&tmp.path().join("n1"), "node1");
+    let mut n2 = Node::raft(&tmp.path().join("n2"), "node2");
     let n3 = Node::raft(&tmp.path().join("n3"), "node3");
 
     let (keys, root) = n1.client().init(3, 2).await;
@@ -170,4 +170,30 @@ async fn three_nodes_form_a_cluster_by_join() {
     assert_eq!(s, 200, "{v}");
     let v = read_eventually(&n2.client().with_token(&root), "kv/data/after").await;
     assert_eq!(v["data"]["data"]["v"], "2");
+
+    // The whole cluster restarts: each node unseals on its own (the first one cannot reach a
+    // quorum until the second is unsealed), then the cluster elects a leader and commits again.
+    n1.restart();
+    n2.restart();
+    n1.client().unseal(&keys[..2]).await;
+    n2.client().unseal(&keys[..2]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut written = false;
+        for n in [&n1, &n2] {
+            let (s, _) = n.client().with_token(&root).req("POST", "kv/data/restarted", Some(json!({ "data": { "v": "3" } }))).await;
+            written |= s == 200;
+        }
+        if written {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no node accepts writes after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in [&n1, &n2] {
+        let v = read_eventually(&n.client().with_token(&root), "kv/data/restarted").await;
+        assert_eq!(v["data"]["data"]["v"], "3", "{v}");
+        let v = read_eventually(&n.client().with_token(&root), "kv/data/shared").await;
+        assert_eq!(v["data"]["data"]["v"], "replicated", "{v}");
+    }
 }
