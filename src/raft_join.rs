@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use vaultd_raft::{ClusterTls, Node, RaftNode};
 
 use crate::barrier::{self, RootKey};
@@ -96,7 +96,9 @@ fn b64(data: &[u8]) -> String {
 }
 
 fn unb64(field: &str, s: &str) -> Result<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| Error::bad_request(format!("{field} is not valid base64")))
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| Error::bad_request(format!("{field} is not valid base64")))
 }
 
 fn raft_of(core: &Core) -> Result<&Arc<RaftNode>> {
@@ -109,7 +111,10 @@ pub async fn join(core: &Arc<Core>, req: JoinRequest) -> Result<()> {
     if req.leader_api_addr.is_empty() {
         return Err(Error::bad_request("leader_api_addr is required"));
     }
-    if !core.is_sealed() || core.stored_seal_config().await?.is_some() || raft.is_initialized().await {
+    if !core.is_sealed()
+        || core.stored_seal_config().await?.is_some()
+        || raft.is_initialized().await
+    {
         return Err(Error::bad_request("raft join can only be invoked on an uninitialized node"));
     }
     if !req.retry {
@@ -128,7 +133,9 @@ pub async fn join(core: &Arc<Core>, req: JoinRequest) -> Result<()> {
                     tracing::info!(leader = %req.leader_api_addr, "raft join: challenge received; unseal to finish joining");
                     return;
                 }
-                Err(e) => tracing::warn!(attempt, error = %e, "raft join: attempt failed, retrying"),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "raft join: attempt failed, retrying")
+                }
             }
             tokio::time::sleep(RETRY_INTERVAL).await;
         }
@@ -140,7 +147,8 @@ pub async fn join(core: &Arc<Core>, req: JoinRequest) -> Result<()> {
 fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().timeout(REMOTE_TIMEOUT).connect_timeout(REMOTE_TIMEOUT);
     if let Some(pem) = ca_pem.filter(|p| !p.is_empty()) {
-        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| Error::bad_request(format!("invalid leader_ca_cert: {e}")))?;
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| Error::bad_request(format!("invalid leader_ca_cert: {e}")))?;
         b = b.add_root_certificate(cert);
     }
     b.build().map_err(|e| Error::internal(format!("building HTTP client: {e}")))
@@ -156,13 +164,19 @@ async fn call_leader(leader: &str, ca: Option<&str>, path: &str, body: &Value) -
         .await
         .map_err(|e| Error::JoinFailed(format!("calling {url}: {e}")))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| Error::JoinFailed(format!("reading the answer of {url}: {e}")))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::JoinFailed(format!("reading the answer of {url}: {e}")))?;
     if bytes.len() > MAX_REMOTE_BODY {
         return Err(Error::JoinFailed(format!("the answer of {url} is too large")));
     }
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
-        let errors = v.get("errors").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "));
+        let errors = v
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "));
         return Err(Error::JoinFailed(format!("{url}: {status}: {}", errors.unwrap_or_default())));
     }
     Ok(v)
@@ -177,9 +191,15 @@ struct ChallengeAnswer {
 
 async fn fetch_challenge(raft: &RaftNode, req: &JoinRequest) -> Result<PendingJoin> {
     let body = json!({ "server_id": raft.node().node_id });
-    let v = call_leader(&req.leader_api_addr, req.leader_ca_cert.as_deref(), "sys/storage/raft/bootstrap/challenge", &body).await?;
-    let c: ChallengeAnswer =
-        serde_json::from_value(v).map_err(|e| Error::JoinFailed(format!("malformed challenge from the leader: {e}")))?;
+    let v = call_leader(
+        &req.leader_api_addr,
+        req.leader_ca_cert.as_deref(),
+        "sys/storage/raft/bootstrap/challenge",
+        &body,
+    )
+    .await?;
+    let c: ChallengeAnswer = serde_json::from_value(v)
+        .map_err(|e| Error::JoinFailed(format!("malformed challenge from the leader: {e}")))?;
     Ok(PendingJoin {
         leader_api_addr: req.leader_api_addr.clone(),
         leader_ca_cert: req.leader_ca_cert.clone(),
@@ -203,8 +223,13 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
     let raft = raft_of(core)?;
     // Wrong shares stop here, before anything is sent to the leader.
     let root_key = seal::unwrap_root_key(unseal_key, &pending.root_key_blob)?;
-    let answer = barrier::decrypt_with_raw_key(root_key.expose_secret(), CHALLENGE_AAD, &pending.challenge)
-        .map_err(|_| Error::JoinFailed("the leader's challenge does not open with the cluster's root key".into()))?;
+    let answer =
+        barrier::decrypt_with_raw_key(root_key.expose_secret(), CHALLENGE_AAD, &pending.challenge)
+            .map_err(|_| {
+                Error::JoinFailed(
+                    "the leader's challenge does not open with the cluster's root key".into(),
+                )
+            })?;
     let node = raft.node();
     let body = json!({
         "server_id": node.node_id,
@@ -214,10 +239,19 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
         "raft_id": raft.raft_id(),
         "non_voter": pending.non_voter,
     });
-    let v = call_leader(&pending.leader_api_addr, pending.leader_ca_cert.as_deref(), "sys/storage/raft/bootstrap/answer", &body).await?;
-    let a: BootstrapAnswer =
-        serde_json::from_value(v).map_err(|e| Error::JoinFailed(format!("malformed bootstrap answer from the leader: {e}")))?;
-    let bind = core.cluster_bind.ok_or_else(|| Error::JoinFailed("this node has no usable cluster_address to listen on".into()))?;
+    let v = call_leader(
+        &pending.leader_api_addr,
+        pending.leader_ca_cert.as_deref(),
+        "sys/storage/raft/bootstrap/answer",
+        &body,
+    )
+    .await?;
+    let a: BootstrapAnswer = serde_json::from_value(v).map_err(|e| {
+        Error::JoinFailed(format!("malformed bootstrap answer from the leader: {e}"))
+    })?;
+    let bind = core.cluster_bind.ok_or_else(|| {
+        Error::JoinFailed("this node has no usable cluster_address to listen on".into())
+    })?;
     raft.start_cluster(bind, &a.tls).await?;
 
     // The leader replicates its log (or a snapshot) to the new learner; wait until the core
@@ -225,11 +259,16 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
     let deadline = Instant::now() + APPLY_WAIT;
     loop {
         let applied = raft.status().applied_index >= a.index;
-        if applied && core.stored_seal_config().await?.is_some() && core.physical.get(barrier::KEYRING_PATH).await?.is_some() {
+        if applied
+            && core.stored_seal_config().await?.is_some()
+            && core.physical.get(barrier::KEYRING_PATH).await?.is_some()
+        {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(Error::JoinFailed(format!("timed out after {APPLY_WAIT:?} waiting to replicate the leader's data")));
+            return Err(Error::JoinFailed(format!(
+                "timed out after {APPLY_WAIT:?} waiting to replicate the leader's data"
+            )));
         }
         tokio::time::sleep(APPLY_POLL).await;
     }
@@ -263,7 +302,9 @@ fn require_leader(core: &Core) -> Result<&Arc<RaftNode>> {
     let raft = raft_of(core)?;
     let st = raft.status();
     if !st.is_leader {
-        return Err(Error::Raft(vaultd_raft::RaftError::NotLeader { leader_api_addr: st.leader.map(|n| n.api_addr) }));
+        return Err(Error::Raft(vaultd_raft::RaftError::NotLeader {
+            leader_api_addr: st.leader.map(|n| n.api_addr),
+        }));
     }
     Ok(raft)
 }
@@ -282,7 +323,11 @@ pub async fn challenge(core: &Core, body: &serde_json::Map<String, Value>) -> Re
     let answer = expected_answer(core.join_secret(), server_id)?;
     let challenge = core.barrier.encrypt_with_root_key(CHALLENGE_AAD, &answer)?;
     let config = core.stored_seal_config().await?.ok_or(Error::NotInitialized)?;
-    let root_key = core.physical.get(seal::ROOT_KEY_PATH).await?.ok_or_else(|| Error::internal("root key missing from storage"))?;
+    let root_key = core
+        .physical
+        .get(seal::ROOT_KEY_PATH)
+        .await?
+        .ok_or_else(|| Error::internal("root key missing from storage"))?;
     Ok(json!({ "challenge": b64(&challenge), "seal_config": config, "root_key": b64(&root_key) }))
 }
 
@@ -320,7 +365,11 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
         .await?
         .ok_or_else(|| Error::internal("the cluster TLS identity is missing from core/raft/tls"))?;
 
-    let node = Node { node_id: server_id.to_string(), api_addr: str_field(body, "api_addr").to_string(), cluster_addr: cluster_addr.to_string() };
+    let node = Node {
+        node_id: server_id.to_string(),
+        api_addr: str_field(body, "api_addr").to_string(),
+        cluster_addr: cluster_addr.to_string(),
+    };
     raft.add_learner(raft_id, node).await?;
     if !non_voter {
         // Promotion waits for the learner to catch up, which needs its cluster port, which it
@@ -330,7 +379,9 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
         tokio::spawn(async move {
             match raft.promote(raft_id).await {
                 Ok(()) => tracing::info!(raft_id, "raft join: promoted the new node to voter"),
-                Err(e) => tracing::warn!(raft_id, error = %e, "raft join: promoting the new node failed; it stays a non-voter"),
+                Err(e) => {
+                    tracing::warn!(raft_id, error = %e, "raft join: promoting the new node failed; it stays a non-voter")
+                }
             }
         });
     }

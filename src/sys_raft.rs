@@ -1,7 +1,7 @@
 //! `sys/storage/raft/*` behind a token (the join handshake is in `raft_join` and `http::raft`):
 //! the peer list (`configuration`) and `remove-peer`.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -25,18 +25,19 @@ pub async fn handle(core: &Core, req: &Request, path: &str) -> Result<Option<Res
                 })
                 .collect();
             let index = raft.status().committed_index;
-            Ok(Some(Response::from_value(json!({ "config": { "servers": servers, "index": index } }))))
+            Ok(Some(Response::from_value(
+                json!({ "config": { "servers": servers, "index": index } }),
+            )))
         }
         ("remove-peer", Operation::Update) => {
             let id = req.data.get("server_id").and_then(Value::as_str).unwrap_or("");
             if id.is_empty() {
                 return Err(Error::bad_request("no server id provided"));
             }
-            let peer = raft
-                .configuration()
-                .into_iter()
-                .find(|p| p.node_id == id)
-                .ok_or_else(|| Error::bad_request(format!("no raft peer with server id {id:?}")))?;
+            let peer =
+                raft.configuration().into_iter().find(|p| p.node_id == id).ok_or_else(|| {
+                    Error::bad_request(format!("no raft peer with server id {id:?}"))
+                })?;
             raft.remove_node(peer.raft_id).await?;
             tracing::info!(server_id = id, "removed raft peer");
             Ok(None)

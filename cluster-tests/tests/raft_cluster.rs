@@ -6,12 +6,15 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{run_cmd, vaultd_bin, Api, Node};
-use serde_json::{json, Value};
+use cluster_tests::{Api, Node, run_cmd, vaultd_bin};
+use serde_json::{Value, json};
 
 fn vaultd(addr: &str, token: Option<&str>) -> Command {
     let mut c = Command::new(vaultd_bin());
-    c.env("VAULT_ADDR", addr).env_remove("BAO_ADDR").env_remove("BAO_TOKEN").env("HOME", "/nonexistent");
+    c.env("VAULT_ADDR", addr)
+        .env_remove("BAO_ADDR")
+        .env_remove("BAO_TOKEN")
+        .env("HOME", "/nonexistent");
     match token {
         Some(t) => c.env("VAULT_TOKEN", t),
         None => c.env_remove("VAULT_TOKEN"),
@@ -65,17 +68,34 @@ async fn three_nodes_form_a_cluster_by_join() {
     c1.mount_kv2("kv").await;
 
     // Node 2 joins through the HTTP API. It then reports the cluster's seal configuration.
-    let (s, v) = n2.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": n1.addr }))).await;
+    let (s, v) = n2
+        .client()
+        .req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": n1.addr })))
+        .await;
     assert_eq!((s, &v["joined"]), (200, &Value::Bool(true)), "{v}");
     let (_, st) = n2.client().req("GET", "sys/seal-status", None).await;
-    assert_eq!((st["initialized"].clone(), st["sealed"].clone(), st["t"].clone()), (json!(true), json!(true), json!(2)), "{st}");
+    assert_eq!(
+        (st["initialized"].clone(), st["sealed"].clone(), st["t"].clone()),
+        (json!(true), json!(true), json!(2)),
+        "{st}"
+    );
     // A second init on a joining node is refused.
-    let (s, _) = n2.client().req("PUT", "sys/init", Some(json!({"secret_shares": 1, "secret_threshold": 1}))).await;
+    let (s, _) = n2
+        .client()
+        .req("PUT", "sys/init", Some(json!({"secret_shares": 1, "secret_threshold": 1})))
+        .await;
     assert_eq!(s, 400);
     n2.client().unseal(&keys[..2]).await;
 
     // An unreachable leader: a clear error, and the node stays uninitialized.
-    let (s, v) = n3.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": "http://127.0.0.1:1" }))).await;
+    let (s, v) = n3
+        .client()
+        .req(
+            "POST",
+            "sys/storage/raft/join",
+            Some(json!({ "leader_api_addr": "http://127.0.0.1:1" })),
+        )
+        .await;
     assert_eq!(s, 500, "{v}");
     assert!(v["errors"][0].as_str().unwrap_or("").contains("failed to join raft cluster"), "{v}");
     let (_, st) = n3.client().req("GET", "sys/seal-status", None).await;
@@ -98,15 +118,25 @@ async fn three_nodes_form_a_cluster_by_join() {
     n3.client().unseal(&keys[1..3]).await;
 
     // Three voters, one leader (node 1), as the API and the CLI show them.
-    let all = wait_servers(&c1, "three voters", |s| s.len() == 3 && s.iter().all(|p| p["voter"] == json!(true))).await;
+    let all = wait_servers(&c1, "three voters", |s| {
+        s.len() == 3 && s.iter().all(|p| p["voter"] == json!(true))
+    })
+    .await;
     let leaders: Vec<&Value> = all.iter().filter(|p| p["leader"] == json!(true)).collect();
     assert_eq!(leaders.len(), 1, "{all:?}");
     assert_eq!(leaders[0]["node_id"], "node1");
     assert_eq!(leaders[0]["protocol_version"], "3");
-    let (code, out, err) = run_cmd(vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "list-peers"]));
+    let (code, out, err) =
+        run_cmd(vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "list-peers"]));
     assert_eq!(code, 0, "{out}{err}");
     let header = out.lines().next().unwrap_or("");
-    assert!(header.starts_with("Node") && header.contains("Address") && header.contains("State") && header.contains("Voter"), "{out}");
+    assert!(
+        header.starts_with("Node")
+            && header.contains("Address")
+            && header.contains("State")
+            && header.contains("Voter"),
+        "{out}"
+    );
     for n in ["node1", "node2", "node3"] {
         assert!(out.contains(n), "{out}");
     }
@@ -114,7 +144,8 @@ async fn three_nodes_form_a_cluster_by_join() {
     assert_eq!(out.matches("follower").count(), 2, "{out}");
 
     // A write on the leader is readable from each follower's own API.
-    let (s, v) = c1.req("POST", "kv/data/shared", Some(json!({ "data": { "v": "replicated" } }))).await;
+    let (s, v) =
+        c1.req("POST", "kv/data/shared", Some(json!({ "data": { "v": "replicated" } }))).await;
     assert_eq!(s, 200, "{v}");
     for n in [&n2, &n3] {
         let v = read_eventually(&n.client().with_token(&root), "kv/data/shared").await;
@@ -122,7 +153,9 @@ async fn three_nodes_form_a_cluster_by_join() {
     }
 
     // Followers follow later changes too: a mount enabled after they joined, a revoked token.
-    let (s, v) = c1.req("POST", "sys/mounts/later", Some(json!({"type": "kv", "options": {"version": "2"}}))).await;
+    let (s, v) = c1
+        .req("POST", "sys/mounts/later", Some(json!({"type": "kv", "options": {"version": "2"}})))
+        .await;
     assert_eq!(s, 204, "{v}");
     let (s, v) = c1.req("POST", "later/data/k", Some(json!({ "data": { "v": "late" } }))).await;
     assert_eq!(s, 200, "{v}");
@@ -148,19 +181,32 @@ async fn three_nodes_form_a_cluster_by_join() {
     // A follower names the leader and refuses writes (forwarding is issue 5).
     let (s, l) = n2.client().req("GET", "sys/leader", None).await;
     assert_eq!(s, 200);
-    assert_eq!((l["is_self"].clone(), l["leader_address"].clone()), (json!(false), json!(n1.addr)), "{l}");
-    let (s, v) = n2.client().with_token(&root).req("POST", "kv/data/other", Some(json!({ "data": { "v": "x" } }))).await;
+    assert_eq!(
+        (l["is_self"].clone(), l["leader_address"].clone()),
+        (json!(false), json!(n1.addr)),
+        "{l}"
+    );
+    let (s, v) = n2
+        .client()
+        .with_token(&root)
+        .req("POST", "kv/data/other", Some(json!({ "data": { "v": "x" } })))
+        .await;
     assert_eq!(s, 503, "{v}");
 
     // remove-peer: errors first, then node 3 goes.
     let (s, v) = c1.req("POST", "sys/storage/raft/remove-peer", Some(json!({}))).await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["errors"][0], "no server id provided");
-    let (s, _) = c1.req("POST", "sys/storage/raft/remove-peer", Some(json!({ "server_id": "nope" }))).await;
+    let (s, _) =
+        c1.req("POST", "sys/storage/raft/remove-peer", Some(json!({ "server_id": "nope" }))).await;
     assert_eq!(s, 400);
-    let (s, _) = n1.client().req("POST", "sys/storage/raft/remove-peer", Some(json!({ "server_id": "node3" }))).await;
+    let (s, _) = n1
+        .client()
+        .req("POST", "sys/storage/raft/remove-peer", Some(json!({ "server_id": "node3" })))
+        .await;
     assert_eq!(s, 403, "remove-peer needs a token");
-    let (code, out, err) = run_cmd(vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "remove-peer", "node3"]));
+    let (code, out, err) =
+        run_cmd(vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "remove-peer", "node3"]));
     assert_eq!(code, 0, "{out}{err}");
     let left = wait_servers(&c1, "two peers", |s| s.len() == 2).await;
     assert!(left.iter().all(|p| p["node_id"] != "node3"), "{left:?}");
@@ -181,7 +227,11 @@ async fn three_nodes_form_a_cluster_by_join() {
     loop {
         let mut written = false;
         for n in [&n1, &n2] {
-            let (s, _) = n.client().with_token(&root).req("POST", "kv/data/restarted", Some(json!({ "data": { "v": "3" } }))).await;
+            let (s, _) = n
+                .client()
+                .with_token(&root)
+                .req("POST", "kv/data/restarted", Some(json!({ "data": { "v": "3" } })))
+                .await;
             written |= s == 200;
         }
         if written {

@@ -1,7 +1,7 @@
 //! `operator raft join | list-peers | remove-peer` (and the `join` alias), as Vault's CLI.
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::output::{self, print_columns, print_json, print_table};
 
@@ -58,7 +58,10 @@ pub async fn run(cmd: RaftCommand) -> i32 {
             });
             match c.call("POST", "sys/storage/raft/join", Some(&body)).await {
                 Ok(v) => {
-                    print_table(&[("Joined".into(), v.get("joined").map(output::cell).unwrap_or_else(|| "false".into()))]);
+                    print_table(&[(
+                        "Joined".into(),
+                        v.get("joined").map(output::cell).unwrap_or_else(|| "false".into()),
+                    )]);
                     output::OK
                 }
                 Err(e) => {
@@ -82,19 +85,32 @@ pub async fn run(cmd: RaftCommand) -> i32 {
                 print_json(&v);
                 return output::OK;
             }
-            let servers = v.pointer("/data/config/servers").and_then(Value::as_array).cloned().unwrap_or_default();
-            let mut rows = vec![vec!["Node".to_string(), "Address".into(), "State".into(), "Voter".into()]];
+            let servers = v
+                .pointer("/data/config/servers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut rows =
+                vec![vec!["Node".to_string(), "Address".into(), "State".into(), "Voter".into()]];
             rows.push(vec!["----".to_string(), "-------".into(), "-----".into(), "-----".into()]);
             for s in servers {
                 let g = |k: &str| s.get(k).map(output::cell).unwrap_or_default();
-                let state = if s.get("leader") == Some(&Value::Bool(true)) { "leader" } else { "follower" };
+                let state =
+                    if s.get("leader") == Some(&Value::Bool(true)) { "leader" } else { "follower" };
                 rows.push(vec![g("node_id"), g("address"), state.into(), g("voter")]);
             }
             print_columns(&rows);
             output::OK
         }
         RaftCommand::RemovePeer { server_id } => {
-            match c.call("POST", "sys/storage/raft/remove-peer", Some(&json!({ "server_id": server_id }))).await {
+            match c
+                .call(
+                    "POST",
+                    "sys/storage/raft/remove-peer",
+                    Some(&json!({ "server_id": server_id })),
+                )
+                .await
+            {
                 Ok(_) => {
                     println!("Peer removed successfully!");
                     output::OK

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response as HttpResponse;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{error_response, json_response, Incoming};
+use super::{Incoming, error_response, json_response};
 use crate::core::Core;
 use crate::error::Error;
 use crate::raft_join::{self, JoinRequest};
