@@ -704,6 +704,14 @@ impl Barrier {
         Ok((open_keyring(&current.root, &blob, Some(&current))?, epoch))
     }
 
+    /// Encrypts `plaintext` with the root key itself (AES-256-GCM, `aad` as additional data), for
+    /// a value that only holders of the unseal key can open: the raft join challenge
+    /// (`raft_join`), which a joining node decrypts after unwrapping the root key with its shares.
+    pub fn encrypt_with_root_key(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, BarrierError> {
+        let (keyring, _) = self.keyring()?;
+        encrypt_with_raw_key(keyring.root.expose_secret(), aad, plaintext)
+    }
+
     pub fn key_status(&self) -> Result<KeyStatus, BarrierError> {
         let st = self.read_state();
         let k = st.keyring.as_ref().ok_or(BarrierError::Sealed)?.active();

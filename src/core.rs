@@ -24,14 +24,15 @@
 //!   identity) finished: `ready` is set last, and requests check only `ready`.
 //! - init, unseal and seal are serialised by one mutex; requests never take it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
-use vaultd_raft::RaftNode;
+use vaultd_raft::{ClusterTls, RaftNode};
 use vaultd_storage::Backend;
 
 use crate::barrier::{Barrier, RootKey};
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::mounts::{self, MountEntry, AUTH_TABLE_KEY, MOUNT_TABLE_KEY};
 use crate::policy::{self, Op};
 use crate::policy_store::PolicyStore;
+use crate::raft_join::{self, PendingJoin};
 use crate::request::{Auth, Operation, Request, Response};
 use crate::router::{path_matches, Route, Router};
 use crate::seal::{self, SealConfig, UnsealKey, UnsealProgress};
@@ -49,6 +51,8 @@ use crate::view::{View, ViewOp};
 
 /// How long unseal waits for this node to lead its Raft group before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How long unseal on a member of a multi-node cluster waits to find its leader.
+const CLUSTER_WAIT: Duration = Duration::from_secs(5);
 /// Upper bound on keys removed when a mount is disabled in one call (bounded memory).
 const MAX_UNMOUNT_KEYS: usize = 1_000_000;
 
@@ -74,6 +78,9 @@ pub struct CoreConfig {
     pub storage: StorageKind,
     pub api_addr: String,
     pub cluster_addr: String,
+    /// Where this node's cluster port listens (the first listener's `cluster_address`), when it
+    /// is an IP address and port.
+    pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
 }
@@ -131,6 +138,7 @@ pub struct Core {
     pub policies: PolicyStore,
     pub api_addr: String,
     pub cluster_addr: String,
+    pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
     ready: AtomicBool,
@@ -139,6 +147,16 @@ pub struct Core {
     mount_lock: Mutex<()>,
     cluster: RwLock<Option<ClusterInfo>>,
     active_since: RwLock<Option<String>>,
+    /// A raft join waiting for the unseal keys (`raft_join`).
+    pending_join: RwLock<Option<PendingJoin>>,
+    /// Per-process secret the expected raft join answers are derived from (`raft_join`).
+    join_secret: [u8; 32],
+    /// On a raft follower: the applied index the caches and routes were last refreshed at
+    /// (`sync_follower`), and the lock that makes one request do each refresh.
+    follower_synced: AtomicU64,
+    /// Whether that refresh happened as leader.
+    synced_as_leader: AtomicBool,
+    follower_sync: Mutex<()>,
 }
 
 impl Core {
@@ -153,6 +171,7 @@ impl Core {
             router: Router::new(),
             api_addr: cfg.api_addr,
             cluster_addr: cfg.cluster_addr,
+            cluster_bind: cfg.cluster_bind,
             default_lease_ttl: cfg.default_lease_ttl,
             max_lease_ttl: cfg.max_lease_ttl,
             ready: AtomicBool::new(false),
@@ -160,6 +179,11 @@ impl Core {
             mount_lock: Mutex::new(()),
             cluster: RwLock::new(None),
             active_since: RwLock::new(None),
+            pending_join: RwLock::new(None),
+            join_secret: rand::random(),
+            follower_synced: AtomicU64::new(0),
+            synced_as_leader: AtomicBool::new(false),
+            follower_sync: Mutex::new(()),
         })
     }
 
@@ -190,7 +214,17 @@ impl Core {
         self.active_since.read().ok().and_then(|c| c.clone())
     }
 
+    /// The seal configuration: the stored one, else that of the cluster a pending raft join is
+    /// joining (the node then counts as initialized and takes that cluster's unseal keys).
     pub async fn seal_config(&self) -> Result<Option<SealConfig>> {
+        match self.stored_seal_config().await? {
+            Some(c) => Ok(Some(c)),
+            None => Ok(self.pending_join().map(|j| j.seal_config)),
+        }
+    }
+
+    /// The seal configuration in this node's storage only.
+    pub async fn stored_seal_config(&self) -> Result<Option<SealConfig>> {
         match self.physical.get(seal::SEAL_CONFIG_PATH).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
@@ -201,6 +235,26 @@ impl Core {
 
     pub async fn initialized(&self) -> Result<bool> {
         Ok(self.seal_config().await?.is_some())
+    }
+
+    pub fn pending_join(&self) -> Option<PendingJoin> {
+        self.pending_join.read().ok().and_then(|j| j.clone())
+    }
+
+    pub fn set_pending_join(&self, join: PendingJoin) {
+        if let Ok(mut j) = self.pending_join.write() {
+            *j = Some(join);
+        }
+    }
+
+    fn clear_pending_join(&self) {
+        if let Ok(mut j) = self.pending_join.write() {
+            *j = None;
+        }
+    }
+
+    pub fn join_secret(&self) -> &[u8; 32] {
+        &self.join_secret
     }
 
     /// Makes sure this node can write: with integrated storage, bootstrap a one-voter cluster the
@@ -215,6 +269,75 @@ impl Core {
                 .map_err(|e| Error::Unavailable(format!("no raft leader: {e}")))?;
         }
         Ok(())
+    }
+
+    /// At unseal: the only voter must lead (as `ensure_writable`). A member of a larger cluster
+    /// waits, bounded by [`CLUSTER_WAIT`], until it knows another leader or has proven its own
+    /// leadership (a quorum round), and then unseals either way: a follower is ready once it
+    /// knows a leader (reads are local, writes get NotLeader), and after a full-cluster restart
+    /// the first node unsealed cannot reach a quorum until the others are unsealed too (their
+    /// cluster ports open only then), so refusing to unseal would deadlock the restart.
+    async fn wait_for_cluster(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let me = raft.raft_id();
+        let only_voter = raft.configuration().iter().filter(|p| p.voter).all(|p| p.raft_id == me);
+        if !raft.is_initialized().await || only_voter {
+            return self.ensure_writable().await;
+        }
+        let deadline = std::time::Instant::now() + CLUSTER_WAIT;
+        loop {
+            let st = raft.status();
+            if st.is_leader {
+                // openraft restores a node that led before a restart as leader of its old term;
+                // only a quorum round proves it. Short rounds, so a refusal is retried.
+                let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+                if raft.wait_for_leader(remaining.min(Duration::from_secs(1))).await.is_ok() {
+                    return Ok(());
+                }
+            } else if st.leader.as_ref().is_some_and(|n| n.node_id != raft.node().node_id) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("unsealing without a raft leader (no quorum yet): writes fail until the other nodes are unsealed");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the cluster port with the identity kept in the barrier (`core/raft/tls`). A cluster
+    /// made before that identity existed gets one now, if this node is its only voter and leads.
+    async fn start_cluster_port(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let core = self.core_view();
+        let tls: Option<ClusterTls> = core.get_json(raft_join::TLS_KEY).await?;
+        let only_voter = raft.configuration().iter().filter(|p| p.voter).all(|p| p.raft_id == raft.raft_id());
+        let tls = match tls {
+            Some(t) => t,
+            None if only_voter => {
+                self.ensure_writable().await?;
+                let t = ClusterTls::generate()?;
+                core.put_json(raft_join::TLS_KEY, &t).await?;
+                t
+            }
+            None => return Err(Error::internal("the cluster TLS identity is missing from core/raft/tls")),
+        };
+        let Some(bind) = self.cluster_bind else {
+            if only_voter {
+                tracing::warn!("no usable cluster_address: the cluster port stays closed, so no node can join");
+                return Ok(());
+            }
+            return Err(Error::Unavailable("no usable cluster_address to start the cluster port on".into()));
+        };
+        match raft.start_cluster(bind, &tls).await {
+            Ok(_) => Ok(()),
+            // A lone node serves without its cluster port (a dev server whose port+1 is taken).
+            Err(e) if only_voter => {
+                tracing::warn!(error = %e, "starting the cluster port failed; no node can join");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `PUT sys/init`: creates the keys and the root token. The node stays sealed afterwards,
@@ -259,6 +382,11 @@ impl Core {
         };
         core.put_json("cluster/local/info", &info).await?;
         core.put_json(AUTH_TABLE_KEY, &mounts::default_auth_table()).await?;
+        if let StorageKind::Raft(_) = self.storage {
+            // The cluster's TLS identity: every node gets it through the barrier (joining nodes
+            // in the bootstrap answer first).
+            core.put_json(raft_join::TLS_KEY, &ClusterTls::generate()?).await?;
+        }
         self.policies.ensure_default().await?;
         self.tokens.create_root(root_token_id).await
     }
@@ -277,6 +405,15 @@ impl Core {
         };
         // Threshold reached: whatever happens next, this attempt is over.
         *life = None;
+        if self.stored_seal_config().await?.is_none() {
+            if let Some(join) = self.pending_join() {
+                // A joining node: the keys prove membership to the leader, then the node unseals
+                // with the root key it unwrapped. Wrong keys leave the join pending.
+                let root_key = raft_join::finish(self, &join, &unseal_key).await?;
+                self.clear_pending_join();
+                return self.unseal_with_root_key(&root_key).await;
+            }
+        }
         let wrapped = self.physical.get(seal::ROOT_KEY_PATH).await?.ok_or_else(|| Error::internal("root key missing from storage"))?;
         let root_key = seal::unwrap_root_key(&unseal_key, &wrapped)?;
         self.unseal_with_root_key(&root_key).await
@@ -302,9 +439,52 @@ impl Core {
         Ok(())
     }
 
+    /// A follower's caches (tokens, policies, compiled ACLs, engines' state) and mount routes are
+    /// filled from its local store, which the leader changes under it through Raft: whenever
+    /// entries were applied since the last request, drop the caches and rebuild the routes from
+    /// the stored tables, so that a revoked token or a changed policy or mount takes effect here
+    /// as soon as it is applied. Coarse (any write invalidates everything); per-key invalidation
+    /// comes with performance standbys. The leader changes all of these through its own code
+    /// paths, which invalidate as they go, so it only records where it is.
+    async fn sync_follower(&self) -> Result<()> {
+        let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
+        let (leader, applied) = raft.leader_state_and_applied();
+        let was_leader = self.synced_as_leader.load(Ordering::Acquire);
+        if leader && was_leader {
+            // Still the leader that refreshed last: everything applied since is its own doing.
+            self.follower_synced.store(applied, Ordering::Release);
+            return Ok(());
+        }
+        if !leader && !was_leader && self.follower_synced.load(Ordering::Acquire) == applied {
+            return Ok(());
+        }
+        let _one = self.follower_sync.lock().await;
+        // Read again under the lock: applies may have continued, and another request may have
+        // refreshed meanwhile.
+        let (leader, applied) = raft.leader_state_and_applied();
+        if leader == self.synced_as_leader.load(Ordering::Acquire) && self.follower_synced.load(Ordering::Acquire) == applied {
+            return Ok(());
+        }
+        // A follower that just became leader refreshes once too: it applied the old leader's
+        // entries before its term started.
+        // Mount changes on a new leader rebuild the routes under this lock too.
+        let _mounts = self.mount_lock.lock().await;
+        self.tokens.clear_cache();
+        self.policies.invalidate();
+        let core = self.core_view();
+        let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
+        let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
+        self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
+        self.follower_synced.store(applied, Ordering::Release);
+        self.synced_as_leader.store(leader, Ordering::Release);
+        Ok(())
+    }
+
     /// Loads everything a serving node needs, then marks it ready.
     async fn post_unseal(&self) -> Result<()> {
-        self.ensure_writable().await?;
+        // The cluster port first: a member of a larger cluster needs it to find its leader.
+        self.start_cluster_port().await?;
+        self.wait_for_cluster().await?;
         let core = self.core_view();
         let table: Vec<MountEntry> = match core.get_json(MOUNT_TABLE_KEY).await? {
             Some(t) => t,
@@ -475,6 +655,7 @@ impl Core {
         if self.is_sealed() {
             return Err(Error::Sealed);
         }
+        self.sync_follower().await?;
         let (target, mount_point) = self.target(&req.path);
         let mut req = req.clone();
         req.mount_point = mount_point;
@@ -749,6 +930,7 @@ mod tests {
             storage: StorageKind::Inmem,
             api_addr: "http://127.0.0.1:8200".into(),
             cluster_addr: "https://127.0.0.1:8201".into(),
+            cluster_bind: None,
             default_lease_ttl: 768 * 3600,
             max_lease_ttl: 768 * 3600,
         });

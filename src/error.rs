@@ -45,6 +45,13 @@ pub enum Error {
     Seal(#[from] SealError),
     #[error("{0}")]
     Internal(String),
+    /// A membership or cluster operation of integrated storage failed (not leader, refused
+    /// change, peer unreachable...); the variant says which.
+    #[error(transparent)]
+    Raft(#[from] vaultd_raft::RaftError),
+    /// Talking to the leader during a raft join failed (unreachable, refused, a malformed answer).
+    #[error("failed to join raft cluster: {0}")]
+    JoinFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

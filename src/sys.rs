@@ -61,6 +61,7 @@ pub async fn handle(core: &Core, req: &Request) -> Result<Option<Response>> {
     let path = req.path.strip_prefix("sys/").unwrap_or(&req.path);
     let path = path.trim_end_matches('/');
     match (path, req.op) {
+        (p, _) if p.starts_with("storage/raft/") => crate::sys_raft::handle(core, req, &p["storage/raft/".len()..]).await,
         ("mounts", Operation::Read) => list_mounts(core).await,
         ("mounts", Operation::List) => list_mounts(core).await,
         (p, op) if p.starts_with("mounts/") => {

@@ -377,6 +377,15 @@ impl RaftNode {
         }
     }
 
+    /// Whether this node is in the leader state, and its last applied index: the cheap part of
+    /// [`RaftNode::status`], for a check on every request.
+    pub fn leader_state_and_applied(&self) -> (bool, u64) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.raft_id);
+        (leader, m.last_applied.map(|l| l.index).unwrap_or(0))
+    }
+
     /// Stops Raft and closes the database. Writes waiting for a commit fail with `Unavailable`
     /// (they may or may not have committed). Calling it again is a no-op.
     pub async fn shutdown(&self) -> Result<(), RaftError> {

@@ -123,6 +123,7 @@ pub async fn operator(cmd: OperatorCommand) -> i32 {
                 }
             }
         }
+        OperatorCommand::Raft(cmd) => super::raft::run(cmd).await,
         OperatorCommand::Seal => match c.call("PUT", "sys/seal", None).await {
             Ok(_) => {
                 println!("Success! Vault is sealed.");

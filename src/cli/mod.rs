@@ -9,6 +9,7 @@ pub mod commands;
 pub mod generic;
 pub mod kv;
 pub mod output;
+pub mod raft;
 pub mod server;
 
 use std::ffi::OsString;
@@ -30,6 +31,8 @@ pub enum Command {
     /// Operator commands: init, unseal, seal.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Join this node to a raft cluster (`operator raft join`).
+    Join(raft::JoinArgs),
     /// Print the seal and HA status of a server.
     Status(FormatArgs),
     /// Read and write secrets in a KV mount.
@@ -112,6 +115,9 @@ pub enum OperatorCommand {
     },
     /// Seal the server.
     Seal,
+    /// Integrated storage: join, list-peers, remove-peer.
+    #[command(subcommand)]
+    Raft(raft::RaftCommand),
 }
 
 /// Flags every client command that prints a secret takes.
@@ -399,6 +405,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Server(args) => server::run(args).await,
         Command::Operator(cmd) => commands::operator(cmd).await,
         Command::Status(fmt) => commands::status(&fmt).await,
+        Command::Join(a) => raft::run(raft::RaftCommand::Join(a)).await,
         Command::Kv(cmd) => kv::run(cmd).await,
         Command::Read(a) => generic::read(a).await,
         Command::Write(a) => generic::write(a).await,

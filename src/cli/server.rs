@@ -131,11 +131,18 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         other => return Err(format!("unknown storage type {other:?} (supported: raft, inmem, file)")),
     };
 
+    // The cluster port binds the first listener's cluster_address; a host name there (not an IP)
+    // leaves the port closed, which only a lone node can live with.
+    let cluster_bind = first.cluster_address.parse::<std::net::SocketAddr>().ok();
+    if cluster_bind.is_none() && storage.name() == "raft" {
+        tracing::warn!(address = %first.cluster_address, "cluster_address is not an IP address and port; the cluster port cannot start");
+    }
     let core = Core::new(CoreConfig {
         physical,
         storage,
         api_addr: api_addr.clone(),
         cluster_addr: cluster_addr.clone(),
+        cluster_bind,
         default_lease_ttl: cfg.default_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
         max_lease_ttl: cfg.max_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
     });

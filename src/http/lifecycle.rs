@@ -190,7 +190,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
             code_param(inc, "haunhealthycode", 474)?,
         ))
     })();
-    let (active, _standby, _dr, _perf, sealed_code, uninit, _removed, _unhealthy) = match codes {
+    let (active, standby_code, _dr, _perf, sealed_code, uninit, _removed, _unhealthy) = match codes {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -199,11 +199,14 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
         Err(e) => return error_response(&e),
     };
     let sealed = core.is_sealed();
-    // Single-node vaultd is always the active node once unsealed; standby codes arrive with HA.
+    // An unsealed raft follower is a standby (it does not serve writes yet; issue 5 forwards).
+    let standby = sealed || core.raft().is_some_and(|r| !r.status().is_leader);
     let code = if !initialized {
         uninit
     } else if sealed {
         sealed_code
+    } else if standby {
+        standby_code
     } else {
         active
     };
@@ -215,7 +218,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
     let mut body = json!({
         "initialized": initialized,
         "sealed": sealed,
-        "standby": sealed,
+        "standby": standby,
         "performance_standby": false,
         "replication_performance_mode": if sealed { "unknown" } else { "disabled" },
         "replication_dr_mode": if sealed { "unknown" } else { "disabled" },
@@ -240,19 +243,26 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
         return error_response(&Error::Sealed);
     }
     let ha = core.ha_enabled();
-    let (committed, applied, is_self) = match core.raft() {
+    let (committed, applied, is_self, leader) = match core.raft() {
         Some(r) => {
             let s = r.status();
-            (s.committed_index, s.applied_index, s.is_leader)
+            (s.committed_index, s.applied_index, s.is_leader, s.leader)
         }
-        None => (0, 0, false),
+        None => (0, 0, false, None),
+    };
+    // A follower names the leader it knows (none during an election: empty, as Vault).
+    let (leader_address, leader_cluster_address) = match (ha, is_self, leader) {
+        (false, _, _) => (String::new(), String::new()),
+        (true, true, _) => (core.api_addr.clone(), core.cluster_addr.clone()),
+        (true, false, Some(n)) => (n.api_addr, n.cluster_addr),
+        (true, false, None) => (String::new(), String::new()),
     };
     let mut body = json!({
         "ha_enabled": ha,
         "is_self": is_self,
-        "active_time": core.active_since().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-        "leader_address": if ha { core.api_addr.clone() } else { String::new() },
-        "leader_cluster_address": if ha { core.cluster_addr.clone() } else { String::new() },
+        "active_time": if is_self { core.active_since().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()) } else { "0001-01-01T00:00:00Z".into() },
+        "leader_address": leader_address,
+        "leader_cluster_address": leader_cluster_address,
         "performance_standby": false,
         "performance_standby_last_remote_wal": 0,
     });

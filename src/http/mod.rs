@@ -7,6 +7,7 @@
 
 pub mod lifecycle;
 pub mod listener;
+pub mod raft;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::{json, Map, Value};
 
 use crate::barrier::BarrierError;
+use vaultd_raft::RaftError;
 use crate::core::Core;
 use crate::error::Error;
 use crate::request::{Operation, Request, Response};
@@ -51,6 +53,16 @@ pub fn error_status(e: &Error) -> StatusCode {
         Error::Barrier(BarrierError::Storage(
             vaultd_storage::Error::NotLeader { .. } | vaultd_storage::Error::Unavailable(_),
         )) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Raft(e) => match e {
+            RaftError::Membership(_) | RaftError::Config(_) | RaftError::AlreadyInitialized => StatusCode::BAD_REQUEST,
+            RaftError::NotLeader { .. }
+            | RaftError::Unreachable(_)
+            | RaftError::Network(_)
+            | RaftError::Timeout(..)
+            | RaftError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RaftError::Tls(_) | RaftError::Io(_) | RaftError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        Error::JoinFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Seal(_) | Error::Barrier(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -245,6 +257,11 @@ async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
         "sys/seal" => return lifecycle::seal(core, &inc).await,
         "sys/health" => return lifecycle::health(core, &inc).await,
         "sys/leader" => return lifecycle::leader(core, &inc).await,
+        // Raft join answers while sealed (the joining node) or without a token (the leader's
+        // side of the handshake), so it is served here, before the core's pipeline.
+        "sys/storage/raft/join" => return raft::join(core, &inc).await,
+        "sys/storage/raft/bootstrap/challenge" => return raft::challenge(core, &inc).await,
+        "sys/storage/raft/bootstrap/answer" => return raft::answer(core, &inc).await,
         _ => {}
     }
     let op = match inc.method.as_str() {
