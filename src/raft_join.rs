@@ -27,7 +27,10 @@
 //! - Promotion to voter runs right after the learner is added (bounded by the raft crate's
 //!   catch-up and membership timeouts), not through autopilot's stabilization period.
 //! - `retry` retries the challenge request in the background for a bounded time
-//!   ([`RETRY_ATTEMPTS`] × [`RETRY_INTERVAL`]); there is no `retry_join` stanza and no auto-join.
+//!   ([`RETRY_ATTEMPTS`] × [`RETRY_INTERVAL`]). The `retry_join` stanzas ([`spawn_retry_join`])
+//!   run the same bounded loop at startup, trying the leaders in order rather than in parallel.
+//!   `auto_join`, client certificates and `leader_tls_servername` are not supported (a warning
+//!   says so and the stanza is skipped or the setting ignored).
 //! - The leader returns the cluster TLS identity including the CA key; every node presents the
 //!   same certificate (see `vaultd_raft::ClusterTls`), as Vault's raft TLS keyring is shared.
 
@@ -142,6 +145,139 @@ pub async fn join(core: &Arc<Core>, req: JoinRequest) -> Result<()> {
         tracing::error!(leader = %req.leader_api_addr, "raft join: giving up after {RETRY_ATTEMPTS} attempts");
     });
     Ok(())
+}
+
+/// One leader of a `retry_join` stanza, as a `sys/storage/raft/join` with `retry=true` would
+/// name it. The CA certificate file is read at each attempt, so a file provisioned late still works.
+#[derive(Debug, Clone)]
+pub struct RetryJoinTarget {
+    pub leader_api_addr: String,
+    pub leader_ca_cert: Option<String>,
+    pub leader_ca_cert_file: Option<std::path::PathBuf>,
+}
+
+/// Lower-cased and without a trailing slash, so that `http://127.0.0.1:8200/` and
+/// `HTTP://127.0.0.1:8200` compare equal.
+fn normalize_addr(addr: &str) -> String {
+    addr.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// The leaders `retry_join` should try: stanzas with a `leader_api_addr` that is not one of this
+/// node's own addresses (`own_addrs`: its `api_addr` and listener URLs). Unsupported settings
+/// are reported once here.
+pub fn retry_join_targets(
+    stanzas: &[crate::config::RetryJoin],
+    own_addrs: &[String],
+) -> Vec<RetryJoinTarget> {
+    let own: Vec<String> = own_addrs.iter().map(|a| normalize_addr(a)).collect();
+    let mut out = Vec::new();
+    for (i, rj) in stanzas.iter().enumerate() {
+        let Some(addr) = rj.leader_api_addr.as_deref() else {
+            tracing::warn!(
+                stanza = i,
+                "retry_join: auto_join is not supported; skipping this stanza"
+            );
+            continue;
+        };
+        if own.contains(&normalize_addr(addr)) {
+            tracing::info!(leader = %addr, "retry_join: skipping this node's own address");
+            continue;
+        }
+        if rj.leader_client_cert_file.is_some()
+            || rj.leader_client_key_file.is_some()
+            || rj.leader_client_cert.is_some()
+            || rj.leader_client_key.is_some()
+            || rj.leader_tls_servername.is_some()
+        {
+            tracing::warn!(leader = %addr, "retry_join: leader client certificates and leader_tls_servername are not supported and are ignored");
+        }
+        out.push(RetryJoinTarget {
+            leader_api_addr: addr.to_string(),
+            leader_ca_cert: rj.leader_ca_cert.clone(),
+            leader_ca_cert_file: rj.leader_ca_cert_file.clone(),
+        });
+    }
+    out
+}
+
+impl RetryJoinTarget {
+    fn request(&self, non_voter: bool) -> Result<JoinRequest> {
+        let leader_ca_cert = match (&self.leader_ca_cert, &self.leader_ca_cert_file) {
+            (Some(pem), _) => Some(pem.clone()),
+            (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::JoinFailed(format!("reading leader_ca_cert_file {}: {e}", path.display()))
+            })?),
+            (None, None) => None,
+        };
+        Ok(JoinRequest {
+            leader_api_addr: self.leader_api_addr.clone(),
+            leader_ca_cert,
+            retry: true,
+            non_voter,
+        })
+    }
+}
+
+/// Whether a `retry_join` loop still has work: the node is sealed, has no seal configuration of
+/// its own, is not a Raft member and has no join pending (the operator may have joined by hand).
+async fn wants_join(core: &Core) -> bool {
+    let Some(raft) = core.raft() else { return false };
+    core.is_sealed()
+        && core.pending_join().is_none()
+        && !raft.is_initialized().await
+        && matches!(core.stored_seal_config().await, Ok(None))
+}
+
+/// Vault's `retry_join`: on a fresh raft node, every [`RETRY_INTERVAL`] (at most
+/// [`RETRY_ATTEMPTS`] rounds) ask each leader in turn for a join challenge, as
+/// `sys/storage/raft/join` with `retry=true` would; the first challenge received wins and the node
+/// then waits for the cluster's unseal keys. Stops early once the node is initialized or joined
+/// some other way. Returns `None` when there is nothing to do; abort the handle at shutdown.
+pub async fn spawn_retry_join(
+    core: &Arc<Core>,
+    targets: Vec<RetryJoinTarget>,
+    non_voter: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if targets.is_empty() || !wants_join(core).await {
+        return None;
+    }
+    let core = Arc::clone(core);
+    Some(tokio::spawn(async move {
+        tracing::info!(
+            leaders = targets.len(),
+            "retry_join: node is uninitialized; trying to join a raft cluster"
+        );
+        for attempt in 1..=RETRY_ATTEMPTS {
+            for target in &targets {
+                if !wants_join(&core).await {
+                    return;
+                }
+                let Some(raft) = core.raft() else { return };
+                let result = match target.request(non_voter) {
+                    Ok(req) => fetch_challenge(raft, &req).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(pending) => {
+                        if !wants_join(&core).await {
+                            return;
+                        }
+                        core.set_pending_join(pending);
+                        tracing::info!(leader = %target.leader_api_addr, "retry_join: challenge received; unseal with the cluster's keys to finish joining");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(
+                        attempt,
+                        leader = %target.leader_api_addr,
+                        error = %e,
+                        "retry_join: attempt failed, retrying"
+                    ),
+                }
+            }
+            tokio::time::sleep(RETRY_INTERVAL).await;
+        }
+        tracing::error!("retry_join: giving up after {RETRY_ATTEMPTS} attempts");
+    }))
 }
 
 fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client> {
@@ -396,6 +532,35 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_join_targets_skip_self_and_auto_join() {
+        use crate::config::RetryJoin;
+        let stanzas = vec![
+            RetryJoin {
+                leader_api_addr: Some("http://127.0.0.1:8200/".into()),
+                ..Default::default()
+            },
+            RetryJoin { auto_join: Some("provider=aws".into()), ..Default::default() },
+            RetryJoin {
+                leader_api_addr: Some("https://b:8200".into()),
+                leader_ca_cert: Some("PEM".into()),
+                ..Default::default()
+            },
+        ];
+        let t = retry_join_targets(&stanzas, &["HTTP://127.0.0.1:8200".to_string()]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].leader_api_addr, "https://b:8200");
+        let req = t[0].request(true).expect("request");
+        assert_eq!(req.leader_ca_cert.as_deref(), Some("PEM"));
+        assert!(req.retry && req.non_voter);
+        let missing = RetryJoinTarget {
+            leader_api_addr: "https://c:8200".into(),
+            leader_ca_cert: None,
+            leader_ca_cert_file: Some("/nonexistent/ca.pem".into()),
+        };
+        assert!(missing.request(false).is_err());
+    }
 
     #[test]
     fn answers_depend_on_secret_and_server_id() {

@@ -73,6 +73,12 @@ pub struct Node {
 impl Node {
     /// A single raft node in `dir` (created if missing), plain HTTP.
     pub fn raft(dir: &Path, node_id: &str) -> Node {
+        Node::raft_with(dir, node_id, "")
+    }
+
+    /// Like [`Node::raft`], with `raft_lines` (HCL, e.g. a `retry_join {}` block) added inside
+    /// the `storage "raft"` stanza of the generated config.
+    pub fn raft_with(dir: &Path, node_id: &str, raft_lines: &str) -> Node {
         let (port, cluster_port) = free_ports();
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("mkdir");
@@ -84,6 +90,7 @@ impl Node {
 storage "raft" {{
   path    = "{data}"
   node_id = "{node_id}"
+{raft_lines}
 }}
 listener "tcp" {{
   address         = "127.0.0.1:{port}"

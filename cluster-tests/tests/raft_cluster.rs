@@ -1,7 +1,8 @@
 //! Three real processes form a Raft cluster by join (issue 4): node 1 is initialized, nodes 2 and
 //! 3 join it (one through the HTTP API, one through the CLI) and are unsealed with node 1's keys;
 //! data written on the leader is readable on every node; a peer can be removed; wrong keys on a
-//! joining node fail clearly and leave the cluster unchanged.
+//! joining node fail clearly and leave the cluster unchanged. A node whose config has a
+//! `retry_join` stanza finds the cluster by itself and only needs unsealing.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -246,4 +247,54 @@ async fn three_nodes_form_a_cluster_by_join() {
         let v = read_eventually(&n.client().with_token(&root), "kv/data/shared").await;
         assert_eq!(v["data"]["data"]["v"], "replicated", "{v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_join_stanza_joins_on_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = Node::raft(&tmp.path().join("n1"), "node1");
+    let (keys, root) = n1.client().init(3, 2).await;
+    n1.client().unseal(&keys).await;
+    let c1 = n1.client().with_token(&root);
+    c1.mount_kv2("kv").await;
+    let (s, v) = c1.req("POST", "kv/data/before", Some(json!({ "data": { "v": "n1" } }))).await;
+    assert_eq!(s, 200, "{v}");
+
+    // Node 2 names node 1 (and an unreachable leader first, which it skips past) in its config.
+    let lines = format!(
+        "  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:1\"\n  }}\n  retry_join {{\n    leader_api_addr = \"{}\"\n  }}",
+        n1.addr
+    );
+    let n2 = Node::raft_with(&tmp.path().join("n2"), "node2", &lines);
+
+    // Without any join call, it soon reports node 1's seal configuration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, st) = n2.client().req("GET", "sys/seal-status", None).await;
+        if st["initialized"] == json!(true) {
+            assert_eq!((st["sealed"].clone(), st["t"].clone()), (json!(true), json!(2)), "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "retry_join did not reach node 1: {st}\n{}", n2.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(n2.log().contains("retry_join: attempt failed"), "{}", n2.log());
+
+    // Node 1's keys finish the join; node 2 becomes a voter and serves node 1's data.
+    n2.client().unseal(&keys[1..3]).await;
+    wait_servers(&c1, "two voters", |s| {
+        s.len() == 2 && s.iter().all(|p| p["voter"] == json!(true))
+    })
+    .await;
+    let (code, out, err) =
+        run_cmd(vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "list-peers"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("node2") && out.matches("follower").count() == 1, "{out}");
+    let v = read_eventually(&n2.client().with_token(&root), "kv/data/before").await;
+    assert_eq!(v["data"]["data"]["v"], "n1", "{v}");
+    let (s, v) = c1.req("POST", "kv/data/after", Some(json!({ "data": { "v": "later" } }))).await;
+    assert_eq!(s, 200, "{v}");
+    let v = read_eventually(&n2.client().with_token(&root), "kv/data/after").await;
+    assert_eq!(v["data"]["data"]["v"], "later", "{v}");
+    assert!(!n2.log().contains("BEGIN CERTIFICATE"), "the log shows TLS material");
 }

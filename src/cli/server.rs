@@ -215,8 +215,25 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         tokio::spawn(listener::serve(tcp, app, tls));
     }
 
+    // Vault's retry_join: a fresh raft node looks for its cluster in the background.
+    let retry_join = match storage_cfg.raft.as_ref().filter(|r| !r.retry_join.is_empty()) {
+        Some(r) if core.raft().is_some() => {
+            let mut own = vec![api_addr.clone()];
+            for l in &cfg.listeners {
+                let scheme = if l.tls_disable { "http" } else { "https" };
+                own.push(format!("{scheme}://{}", l.address));
+            }
+            let targets = crate::raft_join::retry_join_targets(&r.retry_join, &own);
+            crate::raft_join::spawn_retry_join(&core, targets, r.retry_join_as_non_voter).await
+        }
+        _ => None,
+    };
+
     wait_for_shutdown().await;
     tracing::info!("shutting down");
+    if let Some(h) = retry_join {
+        h.abort();
+    }
     core.shutdown().await;
     Ok(())
 }
