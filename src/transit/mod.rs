@@ -234,6 +234,82 @@ fn obj(v: Value) -> Map<String, Value> {
     }
 }
 
+/// Vault's batch input: `batch_input` decoded by `decode` (an empty batch is an error), else the
+/// request's single item from `single`. The flag says whether the request was a batch.
+fn read_items<'a, T>(
+    f: &Fields<'a>,
+    decode: impl FnOnce(&'a Value) -> Result<Vec<T>>,
+    single: impl FnOnce() -> Result<T>,
+) -> Result<(Vec<T>, bool)> {
+    match f.raw("batch_input") {
+        Some(raw) => {
+            let items = decode(raw)?;
+            if items.is_empty() {
+                return Err(user("missing batch input to process"));
+            }
+            Ok((items, true))
+        }
+        None => Ok((vec![single()?], false)),
+    }
+}
+
+/// A string batch item's `reference`, echoed back in its result.
+fn reference(item: &HashMap<String, String>) -> String {
+    item.get("reference").cloned().unwrap_or_default()
+}
+
+/// Vault's `batch_results`: each item's own fields (from `fields`), then its `reference`.
+fn batch_results<R>(
+    results: impl IntoIterator<Item = R>,
+    references: impl IntoIterator<Item = String>,
+    mut fields: impl FnMut(R, &mut Map<String, Value>),
+) -> Response {
+    let out: Vec<Value> = results
+        .into_iter()
+        .zip(references)
+        .map(|(r, reference)| {
+            let mut m = Map::new();
+            fields(r, &mut m);
+            m.insert("reference".into(), Value::String(reference));
+            Value::Object(m)
+        })
+        .collect();
+    Response::from_value(json!({ "batch_results": out }))
+}
+
+/// A non-batch request's only result: its response body from `ok`, or its error from `err`.
+fn single_result<T, E>(
+    result: Option<std::result::Result<T, E>>,
+    ok: impl FnOnce(T) -> Value,
+    err: impl FnOnce(E) -> Error,
+) -> Result<Option<Response>> {
+    match result {
+        Some(Ok(v)) => Ok(Some(Response::from_value(ok(v)))),
+        Some(Err(e)) => Err(err(e)),
+        None => Err(Error::internal("no result")),
+    }
+}
+
+/// An item's base64 `associated_data` (none when empty); Vault fails it as an internal error.
+fn decode_aad(associated_data: &str) -> std::result::Result<Option<Vec<u8>>, OpError> {
+    if associated_data.is_empty() {
+        return Ok(None);
+    }
+    b64_decode(associated_data).map(Some).map_err(|e| {
+        OpError::Internal(format!(
+            "unable to get associated_data/additional_data from factory[0]: {e}"
+        ))
+    })
+}
+
+/// An item error as a bare error: internal ones wrapped (500), user ones as 400.
+fn op_error(e: OpError) -> Error {
+    match e {
+        OpError::Internal(m) => multierror(m),
+        OpError::User(m) => user(m),
+    }
+}
+
 impl Transit {
     pub fn new(view: View) -> Self {
         Transit {
@@ -519,28 +595,22 @@ impl Transit {
 
     async fn encrypt(&self, req: &Request, name: &str) -> Result<Option<Response>> {
         let f = Fields::with_existence_check(&req.data);
-        let batch = f.raw("batch_input");
-        let mut items = match batch {
-            Some(raw) => {
-                let items = decode_cipher_items(raw, true, false)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
-            }
-            None => {
+        let (mut items, batch) = read_items(
+            &f,
+            |raw| decode_cipher_items(raw, true, false),
+            || {
                 let Some(plaintext) = f.str("plaintext")? else {
                     return Err(user("missing plaintext to encrypt"));
                 };
-                vec![CipherItem {
+                Ok(CipherItem {
                     plaintext,
                     context: f.string("context")?,
                     key_version: f.int("key_version")?.unwrap_or(0),
                     associated_data: f.string("associated_data")?,
                     ..Default::default()
-                }]
-            }
-        };
+                })
+            },
+        )?;
         let n = items.len();
         let mut results: Vec<std::result::Result<(String, i64), OpError>> = Vec::with_capacity(n);
         let mut decoded: Vec<Option<Zeroizing<Vec<u8>>>> = Vec::with_capacity(n);
@@ -607,19 +677,12 @@ impl Transit {
                 outcome.user_error = true;
                 continue;
             }
-            let aad = if item.associated_data.is_empty() {
-                None
-            } else {
-                match b64_decode(&item.associated_data) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        let err = OpError::Internal(format!(
-                            "unable to get associated_data/additional_data from factory[0]: {e}"
-                        ));
-                        outcome.record(&err);
-                        results[i] = Err(err);
-                        continue;
-                    }
+            let aad = match decode_aad(&item.associated_data) {
+                Ok(a) => a,
+                Err(err) => {
+                    outcome.record(&err);
+                    results[i] = Err(err);
+                    continue;
                 }
             };
             let pt = decoded[i].as_deref().map(Vec::as_slice).unwrap_or_default();
@@ -645,63 +708,44 @@ impl Transit {
             }
         }
 
-        if batch.is_some() {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok((ct, ver)) => {
-                            m.insert("ciphertext".into(), Value::String(ct));
-                            m.insert("key_version".into(), json!(ver));
-                        }
-                        Err(e) => {
-                            m.insert("error".into(), Value::String(e.message().to_string()));
-                        }
-                    }
-                    m.insert("reference".into(), Value::String(item.reference.clone()));
-                    Value::Object(m)
-                })
-                .collect();
-            let resp = Response::from_value(json!({ "batch_results": out }));
+        if batch {
+            let references = items.iter().map(|item| item.reference.clone());
+            let resp = batch_results(results, references, |r, m| match r {
+                Ok((ct, ver)) => {
+                    m.insert("ciphertext".into(), Value::String(ct));
+                    m.insert("key_version".into(), json!(ver));
+                }
+                Err(e) => {
+                    m.insert("error".into(), Value::String(e.message().to_string()));
+                }
+            });
             return outcome.finish(&f, resp).map(Some);
         }
-        match results.pop() {
-            Some(Ok((ct, ver))) => {
-                Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver }))))
-            }
-            Some(Err(OpError::Internal(m))) => Err(multierror(m)),
-            Some(Err(OpError::User(m))) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(
+            results.pop(),
+            |(ct, ver)| json!({ "ciphertext": ct, "key_version": ver }),
+            op_error,
+        )
     }
 
     async fn decrypt(&self, req: &Request, name: &str) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
-        let batch = f.raw("batch_input");
-        let items = match batch {
-            Some(raw) => {
-                let items = decode_cipher_items(raw, false, true)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
-            }
-            None => {
+        let (mut items, batch) = read_items(
+            &f,
+            |raw| decode_cipher_items(raw, false, true),
+            || {
                 let ciphertext = f.string("ciphertext")?;
                 if ciphertext.is_empty() {
                     return Err(user("missing ciphertext to decrypt"));
                 }
-                vec![CipherItem {
+                Ok(CipherItem {
                     ciphertext,
                     context: f.string("context")?,
                     associated_data: f.string("associated_data")?,
                     ..Default::default()
-                }]
-            }
-        };
-        let mut items = items;
+                })
+            },
+        )?;
         let context_set = !items[0].context.is_empty();
         let mut results: Vec<std::result::Result<Zeroizing<Vec<u8>>, OpError>> =
             Vec::with_capacity(items.len());
@@ -736,19 +780,12 @@ impl Transit {
             if results[i].is_err() {
                 continue;
             }
-            let aad = if item.associated_data.is_empty() {
-                None
-            } else {
-                match b64_decode(&item.associated_data) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        let err = OpError::Internal(format!(
-                            "unable to get associated_data/additional_data from factory[0]: {e}"
-                        ));
-                        outcome.record(&err);
-                        results[i] = Err(err);
-                        continue;
-                    }
+            let aad = match decode_aad(&item.associated_data) {
+                Ok(a) => a,
+                Err(err) => {
+                    outcome.record(&err);
+                    results[i] = Err(err);
+                    continue;
                 }
             };
             match p.decrypt(
@@ -766,61 +803,40 @@ impl Transit {
                 }
             }
         }
-        if batch.is_some() {
-            let out: Vec<Value> = results
-                .iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok(pt) => {
-                            m.insert("plaintext".into(), Value::String(b64_encode(pt)));
-                        }
-                        Err(e) => {
-                            m.insert("plaintext".into(), Value::String(String::new()));
-                            m.insert("error".into(), Value::String(e.message().to_string()));
-                        }
-                    }
-                    m.insert("reference".into(), Value::String(item.reference.clone()));
-                    Value::Object(m)
-                })
-                .collect();
-            let resp = Response::from_value(json!({ "batch_results": out }));
+        if batch {
+            let references = items.iter().map(|item| item.reference.clone());
+            let resp = batch_results(results, references, |r, m| match r {
+                Ok(pt) => {
+                    m.insert("plaintext".into(), Value::String(b64_encode(&pt)));
+                }
+                Err(e) => {
+                    m.insert("plaintext".into(), Value::String(String::new()));
+                    m.insert("error".into(), Value::String(e.message().to_string()));
+                }
+            });
             return outcome.finish(&f, resp).map(Some);
         }
-        match results.pop() {
-            Some(Ok(pt)) => Ok(Some(Response::from_value(json!({ "plaintext": b64_encode(&pt) })))),
-            Some(Err(OpError::Internal(m))) => Err(multierror(m)),
-            Some(Err(OpError::User(m))) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(results.pop(), |pt| json!({ "plaintext": b64_encode(&pt) }), op_error)
     }
 
     async fn rewrap(&self, req: &Request, name: &str) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
-        let batch = f.raw("batch_input");
-        let items = match batch {
-            Some(raw) => {
-                let items = decode_cipher_items(raw, false, false)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
-            }
-            None => {
+        let (mut items, batch) = read_items(
+            &f,
+            |raw| decode_cipher_items(raw, false, false),
+            || {
                 let ciphertext = f.string("ciphertext")?;
                 if ciphertext.is_empty() {
                     return Err(user("missing ciphertext to decrypt"));
                 }
-                vec![CipherItem {
+                Ok(CipherItem {
                     ciphertext,
                     context: f.string("context")?,
                     key_version: f.int("key_version")?.unwrap_or(0),
                     ..Default::default()
-                }]
-            }
-        };
-        let mut items = items;
+                })
+            },
+        )?;
         let context_set = !items[0].context.is_empty();
         let mut results: Vec<std::result::Result<(String, i64), String>> =
             Vec::with_capacity(items.len());
@@ -873,34 +889,24 @@ impl Transit {
                 Err(OpError::Internal(m)) => return Err(multierror(m)),
             }
         }
-        if batch.is_some() {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok((ct, ver)) => {
-                            m.insert("ciphertext".into(), Value::String(ct));
-                            m.insert("key_version".into(), json!(ver));
-                        }
-                        Err(e) => {
-                            m.insert("error".into(), Value::String(e));
-                        }
-                    }
-                    m.insert("reference".into(), Value::String(item.reference.clone()));
-                    Value::Object(m)
-                })
-                .collect();
-            return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
+        if batch {
+            let references = items.iter().map(|item| item.reference.clone());
+            let resp = batch_results(results, references, |r, m| match r {
+                Ok((ct, ver)) => {
+                    m.insert("ciphertext".into(), Value::String(ct));
+                    m.insert("key_version".into(), json!(ver));
+                }
+                Err(e) => {
+                    m.insert("error".into(), Value::String(e));
+                }
+            });
+            return Ok(Some(resp));
         }
-        match results.pop() {
-            Some(Ok((ct, ver))) => {
-                Ok(Some(Response::from_value(json!({ "ciphertext": ct, "key_version": ver }))))
-            }
-            Some(Err(m)) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(
+            results.pop(),
+            |(ct, ver)| json!({ "ciphertext": ct, "key_version": ver }),
+            user,
+        )
     }
 
     async fn datakey(&self, req: &Request, kind: &str, name: &str) -> Result<Option<Response>> {
@@ -1010,22 +1016,12 @@ impl Transit {
         if alg.is_none() && kt.hash_signature_input() && !prehashed {
             return Err(user(format!("hash algorithm {hash_name} is not supported by vaultd")));
         }
-        let batch = f.raw("batch_input");
-        let items = match batch {
-            Some(raw) => {
-                let items = decode_string_items(raw)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
-            }
-            None => {
-                let mut m = HashMap::new();
-                m.insert("input".to_string(), f.string("input")?);
-                m.insert("context".to_string(), f.string("context")?);
-                vec![m]
-            }
-        };
+        let (items, batch) = read_items(&f, decode_string_items, || {
+            let mut m = HashMap::new();
+            m.insert("input".to_string(), f.string("input")?);
+            m.insert("context".to_string(), f.string("context")?);
+            Ok(m)
+        })?;
         // (signature, version) or (error text, is a bare error rather than an error response).
         let mut results: Vec<std::result::Result<(String, i64), (String, bool)>> =
             Vec::with_capacity(items.len());
@@ -1051,40 +1047,25 @@ impl Transit {
             results
                 .push(p.sign(ver, &input, marshaling).map_err(|e| (e.message().to_string(), true)));
         }
-        if batch.is_some() {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok((sig, v)) => {
-                            m.insert("signature".into(), Value::String(sig));
-                            m.insert("key_version".into(), json!(v));
-                        }
-                        Err((e, _)) => {
-                            m.insert("key_version".into(), json!(0));
-                            m.insert("error".into(), Value::String(e));
-                        }
-                    }
-                    m.insert(
-                        "reference".into(),
-                        Value::String(item.get("reference").cloned().unwrap_or_default()),
-                    );
-                    Value::Object(m)
-                })
-                .collect();
-            return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
+        if batch {
+            let resp = batch_results(results, items.iter().map(reference), |r, m| match r {
+                Ok((sig, v)) => {
+                    m.insert("signature".into(), Value::String(sig));
+                    m.insert("key_version".into(), json!(v));
+                }
+                Err((e, _)) => {
+                    m.insert("key_version".into(), json!(0));
+                    m.insert("error".into(), Value::String(e));
+                }
+            });
+            return Ok(Some(resp));
         }
-        match results.pop() {
-            Some(Ok((sig, v))) => {
-                Ok(Some(Response::from_value(json!({ "key_version": v, "signature": sig }))))
-            }
+        single_result(
+            results.pop(),
+            |(sig, v)| json!({ "key_version": v, "signature": sig }),
             // Vault returns signing failures as a bare error: 500, wrapped.
-            Some(Err((m, true))) => Err(multierror(m)),
-            Some(Err((m, false))) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+            |(m, bare)| if bare { multierror(m) } else { user(m) },
+        )
     }
 
     async fn verify(
@@ -1094,28 +1075,18 @@ impl Transit {
         url_alg: Option<&str>,
     ) -> Result<Option<Response>> {
         let f = Fields::new(&req.data);
-        let batch = f.raw("batch_input");
-        let items = match batch {
-            Some(raw) => {
-                let items = decode_string_items(raw)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
+        let (items, batch) = read_items(&f, decode_string_items, || {
+            let mut m = HashMap::new();
+            m.insert("input".to_string(), f.string("input")?);
+            if let Some(s) = f.str("signature")? {
+                m.insert("signature".to_string(), s);
             }
-            None => {
-                let mut m = HashMap::new();
-                m.insert("input".to_string(), f.string("input")?);
-                if let Some(s) = f.str("signature")? {
-                    m.insert("signature".to_string(), s);
-                }
-                if let Some(h) = f.str("hmac")? {
-                    m.insert("hmac".to_string(), h);
-                }
-                m.insert("context".to_string(), f.string("context")?);
-                vec![m]
+            if let Some(h) = f.str("hmac")? {
+                m.insert("hmac".to_string(), h);
             }
-        };
+            m.insert("context".to_string(), f.string("context")?);
+            Ok(m)
+        })?;
         let (mut sig_found, mut hmac_found, mut missing) = (false, false, false);
         for item in &items {
             if item.contains_key("signature") {
@@ -1126,7 +1097,7 @@ impl Transit {
                 missing = true;
             }
         }
-        let single = batch.is_none();
+        let single = !batch;
         if single && sig_found && hmac_found {
             return Err(user("provide one of 'signature' or 'hmac'"));
         }
@@ -1201,34 +1172,18 @@ impl Transit {
             results.push(p.verify(&input, sig, marshaling).map_err(|e| e.message().to_string()));
         }
         if !single {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok(valid) => {
-                            m.insert("valid".into(), Value::Bool(valid));
-                        }
-                        Err(e) => {
-                            m.insert("valid".into(), Value::Bool(false));
-                            m.insert("error".into(), Value::String(e));
-                        }
-                    }
-                    m.insert(
-                        "reference".into(),
-                        Value::String(item.get("reference").cloned().unwrap_or_default()),
-                    );
-                    Value::Object(m)
-                })
-                .collect();
-            return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
+            let resp = batch_results(results, items.iter().map(reference), |r, m| match r {
+                Ok(valid) => {
+                    m.insert("valid".into(), Value::Bool(valid));
+                }
+                Err(e) => {
+                    m.insert("valid".into(), Value::Bool(false));
+                    m.insert("error".into(), Value::String(e));
+                }
+            });
+            return Ok(Some(resp));
         }
-        match results.pop() {
-            Some(Ok(valid)) => Ok(Some(Response::from_value(json!({ "valid": valid })))),
-            Some(Err(m)) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(results.pop(), |valid| json!({ "valid": valid }), user)
     }
 
     async fn hmac(
@@ -1265,24 +1220,14 @@ impl Transit {
             Err(keys::UnknownAlgorithm) => return Err(user("unsupported algorithm '\\x00'")),
         };
         let hkey = aws_lc_rs::hmac::Key::new(alg, key);
-        let batch = f.raw("batch_input");
-        let items = match batch {
-            Some(raw) => {
-                let items = decode_string_items(raw)?;
-                if items.is_empty() {
-                    return Err(user("missing batch input to process"));
-                }
-                items
-            }
-            None => {
-                let Some(input) = f.str("input")? else {
-                    return Err(user("missing input for HMAC"));
-                };
-                let mut m = HashMap::new();
-                m.insert("input".to_string(), input);
-                vec![m]
-            }
-        };
+        let (items, batch) = read_items(&f, decode_string_items, || {
+            let Some(input) = f.str("input")? else {
+                return Err(user("missing input for HMAC"));
+            };
+            let mut m = HashMap::new();
+            m.insert("input".to_string(), input);
+            Ok(m)
+        })?;
         let results: Vec<std::result::Result<String, String>> = items
             .iter()
             .map(|item| {
@@ -1293,30 +1238,16 @@ impl Transit {
                 Ok(format!("vault:v{ver}:{}", b64_encode(tag.as_ref())))
             })
             .collect();
-        if batch.is_some() {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        Ok(h) => m.insert("hmac".into(), Value::String(h)),
-                        Err(e) => m.insert("error".into(), Value::String(e)),
-                    };
-                    m.insert(
-                        "reference".into(),
-                        Value::String(item.get("reference").cloned().unwrap_or_default()),
-                    );
-                    Value::Object(m)
-                })
-                .collect();
-            return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
+        if batch {
+            let resp = batch_results(results, items.iter().map(reference), |r, m| {
+                match r {
+                    Ok(h) => m.insert("hmac".into(), Value::String(h)),
+                    Err(e) => m.insert("error".into(), Value::String(e)),
+                };
+            });
+            return Ok(Some(resp));
         }
-        match results.into_iter().next() {
-            Some(Ok(h)) => Ok(Some(Response::from_value(json!({ "hmac": h })))),
-            Some(Err(m)) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(results.into_iter().next(), |h| json!({ "hmac": h }), user)
     }
 
     async fn hmac_verify(
@@ -1373,35 +1304,19 @@ impl Transit {
             })
             .collect();
         if !single {
-            let out: Vec<Value> = results
-                .into_iter()
-                .zip(items.iter())
-                .map(|(r, item)| {
-                    let mut m = Map::new();
-                    match r {
-                        // `valid` is omitted when false in Vault's batch HMAC results.
-                        Ok(true) => {
-                            m.insert("valid".into(), Value::Bool(true));
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            m.insert("error".into(), Value::String(e));
-                        }
-                    }
-                    m.insert(
-                        "reference".into(),
-                        Value::String(item.get("reference").cloned().unwrap_or_default()),
-                    );
-                    Value::Object(m)
-                })
-                .collect();
-            return Ok(Some(Response::from_value(json!({ "batch_results": out }))));
+            let resp = batch_results(results, items.iter().map(reference), |r, m| match r {
+                // `valid` is omitted when false in Vault's batch HMAC results.
+                Ok(true) => {
+                    m.insert("valid".into(), Value::Bool(true));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    m.insert("error".into(), Value::String(e));
+                }
+            });
+            return Ok(Some(resp));
         }
-        match results.into_iter().next() {
-            Some(Ok(valid)) => Ok(Some(Response::from_value(json!({ "valid": valid })))),
-            Some(Err(m)) => Err(user(m)),
-            None => Err(Error::internal("no result")),
-        }
+        single_result(results.into_iter().next(), |valid| json!({ "valid": valid }), user)
     }
 
     // --- random ----------------------------------------------------------------------------
