@@ -351,6 +351,15 @@ struct EngineConfig {
     delete_version_after: i64,
 }
 
+/// What a read of one version found.
+enum VersionRead {
+    /// No such key, version or data.
+    Missing,
+    /// Soft-deleted or destroyed: only its metadata is shown (with a 404).
+    Deleted(Value),
+    Live(Map<String, Value>, Value),
+}
+
 #[derive(Serialize, Deserialize)]
 struct VersionData {
     data: Map<String, Value>,
@@ -419,22 +428,36 @@ impl KvV2 {
         Ok(if v <= 0 { meta.current_version } else { v as u64 })
     }
 
-    async fn read_data(&self, req: &Request, key: &str) -> Result<Option<Response>> {
-        let Some(meta) = self.meta(key).await? else { return Ok(None) };
+    /// The version a read (`data/`, `subkeys/`) names, with its metadata JSON, and its data
+    /// unless it is deleted or destroyed.
+    async fn read_version(&self, req: &Request, key: &str) -> Result<VersionRead> {
+        let Some(meta) = self.meta(key).await? else { return Ok(VersionRead::Missing) };
         let version = Self::requested_version(req, &meta)?;
-        let Some(vm) = meta.versions.get(&version) else { return Ok(None) };
+        let Some(vm) = meta.versions.get(&version) else { return Ok(VersionRead::Missing) };
         let metadata = Self::version_json(version, vm, &meta);
         if !vm.readable_at(OffsetDateTime::now_utc()) {
-            // Vault answers 404 but still shows the version's metadata.
-            return Ok(Some(
-                Response::from_value(json!({ "data": null, "metadata": metadata }))
-                    .with_status(404),
-            ));
+            return Ok(VersionRead::Deleted(metadata));
         }
         let data: Option<VersionData> =
             self.view.get_json(&Self::version_key(key, version)).await?;
-        let Some(data) = data else { return Ok(None) };
-        Ok(Some(Response::from_value(json!({ "data": data.data, "metadata": metadata }))))
+        Ok(match data {
+            Some(d) => VersionRead::Live(d.data, metadata),
+            None => VersionRead::Missing,
+        })
+    }
+
+    async fn read_data(&self, req: &Request, key: &str) -> Result<Option<Response>> {
+        Ok(match self.read_version(req, key).await? {
+            VersionRead::Missing => None,
+            // Vault answers 404 but still shows the version's metadata.
+            VersionRead::Deleted(metadata) => Some(
+                Response::from_value(json!({ "data": null, "metadata": metadata }))
+                    .with_status(404),
+            ),
+            VersionRead::Live(data, metadata) => {
+                Some(Response::from_value(json!({ "data": data, "metadata": metadata })))
+            }
+        })
     }
 
     /// `subkeys/<path>`: the secret's key structure without its values.
@@ -443,21 +466,17 @@ impl KvV2 {
         if depth < 0 {
             return Err(field_error("depth", format!("cannot provide negative value '{depth}'")));
         }
-        let Some(meta) = self.meta(key).await? else { return Ok(None) };
-        let version = Self::requested_version(req, &meta)?;
-        let Some(vm) = meta.versions.get(&version) else { return Ok(None) };
-        let metadata = Self::version_json(version, vm, &meta);
-        if !vm.readable_at(OffsetDateTime::now_utc()) {
-            return Ok(Some(
+        Ok(match self.read_version(req, key).await? {
+            VersionRead::Missing => None,
+            VersionRead::Deleted(metadata) => Some(
                 Response::from_value(json!({ "subkeys": null, "metadata": metadata }))
                     .with_status(404),
-            ));
-        }
-        let data: Option<VersionData> =
-            self.view.get_json(&Self::version_key(key, version)).await?;
-        let Some(data) = data else { return Ok(None) };
-        let subkeys = subkeys(&data.data, depth as u64, 1);
-        Ok(Some(Response::from_value(json!({ "subkeys": subkeys, "metadata": metadata }))))
+            ),
+            VersionRead::Live(data, metadata) => {
+                let subkeys = subkeys(&data, depth as u64, 1);
+                Some(Response::from_value(json!({ "subkeys": subkeys, "metadata": metadata })))
+            }
+        })
     }
 
     fn parse_cas(req: &Request) -> Result<Option<u64>> {

@@ -30,6 +30,14 @@ impl KvPath {
 
 /// Vault's preflight: a 404 from the endpoint means an old server, so the path is used as it is
 /// with KV v1; any other failure is an error.
+/// The client from the environment and the KV preflight for `path`: the prologue of every
+/// `kv` subcommand. `Err` is the exit code, already reported.
+async fn connect(mount: Option<&str>, path: &str) -> Result<(Client, KvPath), i32> {
+    let c = output::client()?;
+    let kp = preflight(&c, mount, path).await?;
+    Ok((c, kp))
+}
+
 async fn preflight(c: &Client, mount: Option<&str>, path: &str) -> Result<KvPath, i32> {
     let full = match mount {
         Some(m) => format!("{}/{}", m.trim_matches('/'), path.trim_start_matches('/')),
@@ -124,12 +132,8 @@ async fn put_or_patch(
             return USAGE;
         }
     };
-    let c = match output::client() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let kp = match preflight(&c, mount.as_deref(), &path).await {
-        Ok(kp) => kp,
+    let (c, kp) = match connect(mount.as_deref(), &path).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     if patch && kp.version != 2 {
@@ -167,12 +171,8 @@ async fn get(mount: Option<String>, version: Option<u64>, path: String, out: Out
     if let Err(code) = check_format(&out.format) {
         return code;
     }
-    let c = match output::client() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let kp = match preflight(&c, mount.as_deref(), &path).await {
-        Ok(kp) => kp,
+    let (c, kp) = match connect(mount.as_deref(), &path).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let api_path = kp.api("data");
@@ -255,12 +255,8 @@ async fn list(mount: Option<String>, path: String, out: OutArgs) -> i32 {
     if let Err(code) = check_format(&out.format) {
         return code;
     }
-    let c = match output::client() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let kp = match preflight(&c, mount.as_deref(), &path).await {
-        Ok(kp) => kp,
+    let (c, kp) = match connect(mount.as_deref(), &path).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let api_path = kp.api("metadata");
@@ -282,12 +278,8 @@ async fn delete(mount: Option<String>, versions: Option<String>, path: String) -
             return USAGE;
         }
     };
-    let c = match output::client() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let kp = match preflight(&c, mount.as_deref(), &path).await {
-        Ok(kp) => kp,
+    let (c, kp) = match connect(mount.as_deref(), &path).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let (method, api_path, body) = if kp.version == 2 && !versions.is_empty() {
@@ -324,12 +316,8 @@ async fn version_op(
             return USAGE;
         }
     };
-    let c = match output::client() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let kp = match preflight(&c, mount.as_deref(), &path).await {
-        Ok(kp) => kp,
+    let (c, kp) = match connect(mount.as_deref(), &path).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     if kp.version != 2 {
