@@ -515,7 +515,8 @@ impl Core {
         }
         // Last before ready: nothing can fail after the tidy starts, so a failed unseal never
         // leaves it running against a sealed barrier.
-        self.tokens.start_tidy();
+        let raft = self.raft().cloned();
+        self.tokens.start_tidy(Arc::new(move || raft.as_ref().is_none_or(|r| r.status().is_leader)));
         self.ready.store(true, Ordering::Release);
         Ok(())
     }

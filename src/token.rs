@@ -658,12 +658,20 @@ impl TokenStore {
     // Tidy
 
     /// Starts the background tidy (after unseal). Replaces a running one.
-    pub fn start_tidy(self: &Arc<Self>) {
+    /// Starts the background tidy. `may_write` says whether this node can write now (the Raft
+    /// leader): on a follower every revocation would fail with NotLeader, so it skips the round;
+    /// a follower that becomes leader takes the work over at its next tick.
+    pub fn start_tidy(self: &Arc<Self>, may_write: Arc<dyn Fn() -> bool + Send + Sync>) {
         let store = Arc::downgrade(self);
         let handle = tokio::spawn(async move {
             let mut last_full: Option<tokio::time::Instant> = None;
             loop {
                 let Some(s) = store.upgrade() else { return };
+                if !may_write() {
+                    drop(s);
+                    tokio::time::sleep(TIDY_TICK).await;
+                    continue;
+                }
                 let full = last_full.is_none_or(|t| t.elapsed() >= FULL_SCAN_EVERY)
                     || s.expiry.lock().map(|q| q.overflowed).unwrap_or(false);
                 if full {
