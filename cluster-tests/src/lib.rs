@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod netns;
+
 pub fn vaultd_bin() -> PathBuf {
     if let Ok(p) = std::env::var("VAULTD_BIN") {
         return PathBuf::from(p);
@@ -68,6 +70,10 @@ pub struct Node {
     pub cluster_port: u16,
     pub addr: String,
     extra_args: Vec<String>,
+    /// The address the API listens on (127.0.0.1 unless the node runs in a network namespace).
+    pub host: String,
+    /// A command the server runs under, e.g. `ip netns exec NS` (empty: run directly).
+    wrapper: Vec<String>,
 }
 
 impl Node {
@@ -80,6 +86,13 @@ impl Node {
     /// the `storage "raft"` stanza of the generated config.
     pub fn raft_with(dir: &Path, node_id: &str, raft_lines: &str) -> Node {
         let (port, cluster_port) = free_ports();
+        Node::raft_at(dir, node_id, raft_lines, "127.0.0.1", (port, cluster_port), vec![])
+    }
+
+    /// A raft node listening on `host` with the given (API, cluster) ports, its process started
+    /// under `wrapper` (e.g. `["ip", "netns", "exec", "NS"]`, see [`netns::Netns::node`]).
+    pub fn raft_at(dir: &Path, node_id: &str, raft_lines: &str, host: &str, ports: (u16, u16), wrapper: Vec<String>) -> Node {
+        let (port, cluster_port) = ports;
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("mkdir");
         let config = dir.join("config.hcl");
@@ -93,19 +106,31 @@ storage "raft" {{
 {raft_lines}
 }}
 listener "tcp" {{
-  address         = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cluster_port}"
+  address         = "{host}:{port}"
+  cluster_address = "{host}:{cluster_port}"
   tls_disable     = true
 }}
-api_addr     = "http://127.0.0.1:{port}"
-cluster_addr = "https://127.0.0.1:{cluster_port}"
+api_addr     = "http://{host}:{port}"
+cluster_addr = "https://{host}:{cluster_port}"
 disable_mlock = true
 "#,
                 data = data.display()
             ),
         )
         .expect("write config");
-        Node::with_config(dir, config, port, cluster_port, "http", vec![])
+        let mut n = Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            config,
+            port,
+            cluster_port,
+            addr: format!("http://{host}:{port}"),
+            extra_args: vec![],
+            host: host.to_string(),
+            wrapper,
+        };
+        n.start();
+        n
     }
 
     pub fn with_config(dir: &Path, config: PathBuf, port: u16, cluster_port: u16, scheme: &str, extra_args: Vec<String>) -> Node {
@@ -117,6 +142,8 @@ disable_mlock = true
             cluster_port,
             addr: format!("{scheme}://127.0.0.1:{port}"),
             extra_args,
+            host: "127.0.0.1".into(),
+            wrapper: vec![],
         };
         n.start();
         n
@@ -137,6 +164,8 @@ disable_mlock = true
                 "-dev-root-token-id=root".into(),
                 format!("-dev-listen-address=127.0.0.1:{port}"),
             ],
+            host: "127.0.0.1".into(),
+            wrapper: vec![],
         };
         n.start();
         n
@@ -154,7 +183,14 @@ disable_mlock = true
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
-        let mut cmd = Command::new(vaultd_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(vaultd_bin());
+                c
+            }
+            None => Command::new(vaultd_bin()),
+        };
         cmd.arg("server");
         if !self.config.as_os_str().is_empty() {
             cmd.arg(format!("-config={}", self.config.display()));
@@ -177,7 +213,7 @@ disable_mlock = true
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             // The banner line comes after dev setup and before the accept loops start.
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            if std::net::TcpStream::connect((self.host.as_str(), self.port)).is_ok()
                 && self.log().get(log_offset..).is_some_and(|l| l.contains("==> Vault server started!"))
             {
                 return;
