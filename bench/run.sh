@@ -132,3 +132,9 @@ for note in "vaultd policy read: $VSKIP_P" "vaultd transit: $VSKIP_T" "OpenBao p
 done
 echo
 echo "targets (issue 2): reads >= 25000/s; writes >= 5x OpenBao"
+
+# The same KV v2 writes on 3-node clusters of each (issue 4), once this run's servers are gone
+# (they would take CPU from the clusters).
+for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+echo
+BAO_BIN="$BAO" VAULTD_BIN="$VAULTD" bash bench/cluster.sh
