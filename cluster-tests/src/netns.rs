@@ -17,6 +17,7 @@
 //! Needs root and `ip` (iproute2). Tests call [`available`] first and, when it fails, print
 //! `SKIPPED: <why>` to stderr and return (see [`skip_unless_available`]).
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -62,7 +63,9 @@ pub fn skip_unless_available(test: &str) -> bool {
     match available() {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("SKIPPED: {test}: {why}");
+            // Straight to the process's stderr: the test harness captures `eprintln!` of
+            // passing tests, which would hide the skip.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
             false
         }
     }

@@ -167,3 +167,40 @@ async fn three_hosts_join_replicate_and_survive_a_partition() {
     .await;
     assert_eq!(all.iter().filter(|p| p["leader"] == json!(true)).count(), 1, "{all:?}");
 }
+
+/// The harness itself: namespaces reach each other and the test; a partition cuts a node off and
+/// a heal restores it; nothing is left behind after drop.
+#[test]
+fn namespaces_connect_partition_heal_and_clean_up() {
+    if !netns::skip_unless_available("namespaces_connect_partition_heal_and_clean_up") {
+        return;
+    }
+    let ping = |net: &Netns, from: usize, to: String| {
+        let prefix = net.exec_prefix(from);
+        Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args(["ip", "neigh", "flush", "all"])
+            .status()
+            .expect("ip neigh");
+        // One probe, one second: a TCP connect to a closed port answers (RST) only if it arrives.
+        let (code, out, err) = run_cmd(
+            Command::new(&prefix[0])
+                .args(&prefix[1..])
+                .args(["bash", "-c", &format!("timeout 1 bash -c '</dev/tcp/{to}/9' 2>&1; true")]),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        out.contains("refused")
+    };
+    let net = Netns::new(2).expect("network namespaces");
+    let names: Vec<String> = (0..2).map(|i| net.ns(i).to_string()).collect();
+    assert!(ping(&net, 0, net.ip(1)), "node 0 cannot reach node 1");
+    net.partition(1).expect("partition");
+    assert!(!ping(&net, 0, net.ip(1)), "node 1 is still reachable while partitioned");
+    net.heal(1).expect("heal");
+    assert!(ping(&net, 0, net.ip(1)), "node 1 is unreachable after the heal");
+    drop(net);
+    let (_, list, _) = run_cmd(Command::new("ip").args(["netns", "list"]));
+    for n in names {
+        assert!(!list.contains(&n), "{n} left behind: {list}");
+    }
+}
