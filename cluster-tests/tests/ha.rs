@@ -108,8 +108,9 @@ impl Cluster {
                     }
                     match quick(&http, addr, "GET", "sys/leader", None, None).await {
                         Some((200, v)) => ok &= v["leader_address"] == json!(self.nodes[a].addr),
-                        Some((503, _)) => {} // sealed
-                        _ => ok = false,
+                        // Sealed, or not running.
+                        Some((503, _)) | None => {}
+                        Some(_) => ok = false,
                     }
                 }
                 if ok {
