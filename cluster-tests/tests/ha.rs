@@ -269,18 +269,18 @@ async fn endpoints_step_down_and_seal_hand_over() {
     assert!(v["errors"][0].as_str().unwrap().contains("cannot seal when in standby mode"), "{v}");
 
     // `vaultd status` shows the HA rows as `bao status` does.
-    let (code, out, err) = run_cmd(&mut vaultd(&c.nodes[a].addr, None).arg("status"));
+    let (code, out, err) = run_cmd(vaultd(&c.nodes[a].addr, None).arg("status"));
     assert_eq!(code, 0, "{out}{err}");
     for row in ["HA Enabled", "HA Cluster", "HA Mode", "Active Since", "Raft Committed Index", "Raft Applied Index"] {
         assert!(out.contains(row), "{row} missing:\n{out}");
     }
     assert!(out.lines().any(|l| l.starts_with("HA Mode") && l.trim_end().ends_with("active")), "{out}");
-    let (_, out, _) = run_cmd(&mut vaultd(&c.nodes[s].addr, None).arg("status"));
+    let (_, out, _) = run_cmd(vaultd(&c.nodes[s].addr, None).arg("status"));
     assert!(out.lines().any(|l| l.starts_with("HA Mode") && l.trim_end().ends_with("standby")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("Active Node Address") && l.contains(&c.nodes[a].addr)), "{out}");
 
     // Step-down through the CLI: another node becomes active.
-    let (code, out, err) = run_cmd(&mut vaultd(&c.nodes[a].addr, Some(&c.root)).args(["operator", "step-down"]));
+    let (code, out, err) = run_cmd(vaultd(&c.nodes[a].addr, Some(&c.root)).args(["operator", "step-down"]));
     let t0 = Instant::now();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Success! Stepped down: "), "{out}");
