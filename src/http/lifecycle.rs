@@ -180,9 +180,8 @@ fn code_param(inc: &Incoming, key: &str, default: u16) -> Result<u16, Error> {
     }
 }
 
-/// Reads a boolean query parameter as Go's `strconv.ParseBool` (`standbyok=true`, `=1`...); a
-/// present but empty value counts as true, as Vault's `parseutil.ParseBool` of "" does not
-/// apply: Vault checks `r.URL.Query().Get(key) != ""` first.
+/// Reads a boolean query parameter as Go's `strconv.ParseBool` (`standbyok=true`, `=1`...).
+/// Absent or empty is false: Vault parses the value only when it is non-empty.
 fn bool_param(inc: &Incoming, key: &str) -> Result<bool, Error> {
     match inc.query.get(key) {
         None => Ok(false),
