@@ -69,6 +69,8 @@ const KEY_LAST_MEMBERSHIP: &[u8] = b"\x00last_membership";
 /// Present while a restore is staged: its id (see "Restores" in the module docs).
 const KEY_RESTORE: &[u8] = b"\x00restore";
 pub(crate) const DATA_PREFIX: u8 = 0x01;
+/// Marks, in a Raft snapshot only, a pair of the staging tree of a restore in progress.
+const STAGED_PREFIX: u8 = 0x02;
 
 /// Limits of one sled batch while installing a snapshot: bounds the memory a batch holds besides
 /// the snapshot itself.
@@ -370,9 +372,24 @@ impl StateMachineStore {
         let (last_applied, last_membership) = self.read_applied_state()?;
         let tree = self.shared.tree()?;
         let mut writer = SnapshotWriter::new();
-        for item in tree.scan_prefix([DATA_PREFIX]) {
+        for item in tree.iter() {
             let (key, value) = item?;
-            writer.push(&key[1..], &value)?;
+            // openraft sends these two as the snapshot's meta.
+            if key == KEY_LAST_APPLIED || key == KEY_LAST_MEMBERSHIP {
+                continue;
+            }
+            writer.push(&key, &value)?;
+        }
+        // A follower that installs this snapshot mid-restore needs the staged part too, or it
+        // would skip the rest of the restore that the others apply.
+        if tree.contains_key(KEY_RESTORE)? {
+            let staging = self.store.db.open_tree(sm_tree_name(self.live_generation()? + 1))?;
+            for item in staging.scan_prefix([DATA_PREFIX]) {
+                let (key, value) = item?;
+                let mut k = key.to_vec();
+                k[0] = STAGED_PREFIX;
+                writer.push(&k, &value)?;
+            }
         }
         Ok(Captured { last_applied, last_membership, data: writer.finish() })
     }
@@ -389,31 +406,47 @@ impl StateMachineStore {
         let shared = Arc::clone(&self.shared);
         let _gate = shared.apply_gate.lock().await;
         let generation = self.live_generation()? + 1;
-        let name = sm_tree_name(generation);
-        // Leftovers of a crashed install under this name were dropped at open; this is cheap.
-        self.store.db.drop_tree(name.as_bytes())?;
-        let tree = self.store.db.open_tree(&name)?;
+        // The new live tree, and the staging tree of a restore in progress beside it (the
+        // previous staging tree, if any, is the name the new live tree takes).
+        let mut fresh = Vec::with_capacity(2);
+        for g in [generation, generation + 1] {
+            let name = sm_tree_name(g);
+            // Leftovers of a crashed install under these names were dropped at open; cheap.
+            self.store.db.drop_tree(name.as_bytes())?;
+            fresh.push(self.store.db.open_tree(&name)?);
+        }
+        let staging = fresh.pop().ok_or_else(|| RaftError::Corrupt("no staging tree".into()))?;
+        let tree = fresh.pop().ok_or_else(|| RaftError::Corrupt("no live tree".into()))?;
 
-        let mut batch = sled::Batch::default();
-        let (mut batch_bytes, mut batch_ops) = (0usize, 0usize);
+        let mut batches = [(sled::Batch::default(), 0usize, 0usize), (sled::Batch::default(), 0, 0)];
         let mut reader = SnapshotReader::new(&data)?;
         while let Some((key, value)) = reader.next_pair()? {
-            let mut k = Vec::with_capacity(1 + key.len());
-            k.push(DATA_PREFIX);
-            k.extend_from_slice(key);
+            let (target, k) = if key[0] == STAGED_PREFIX {
+                let mut k = key.to_vec();
+                k[0] = DATA_PREFIX;
+                (1, k)
+            } else {
+                (0, key.to_vec())
+            };
+            let (batch, bytes, ops) = &mut batches[target];
             batch.insert(k, value);
-            batch_bytes += key.len() + value.len();
-            batch_ops += 1;
-            if batch_bytes >= INSTALL_BATCH_BYTES || batch_ops >= INSTALL_BATCH_OPS {
-                tree.apply_batch(std::mem::take(&mut batch))?;
-                (batch_bytes, batch_ops) = (0, 0);
+            *bytes += key.len() + value.len();
+            *ops += 1;
+            if *bytes >= INSTALL_BATCH_BYTES || *ops >= INSTALL_BATCH_OPS {
+                [&tree, &staging][target].apply_batch(std::mem::take(batch))?;
+                (*bytes, *ops) = (0, 0);
             }
         }
+        let [(mut batch, ..), (staged, ..)] = batches;
+        staging.apply_batch(staged)?;
         if let Some(last) = &meta.last_log_id {
             batch.insert(KEY_LAST_APPLIED, encode(last)?);
         }
         batch.insert(KEY_LAST_MEMBERSHIP, encode(&meta.last_membership)?);
         tree.apply_batch(batch)?;
+        if !tree.contains_key(KEY_RESTORE)? {
+            self.store.db.drop_tree(sm_tree_name(generation + 1).as_bytes())?;
+        }
 
         // The new generation is complete on disk before anything points at it.
         self.switch_to(generation, tree).await?;
@@ -550,8 +583,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Snapshot data: `MAGIC`, a big-endian `u64` pair count, then per pair a big-endian `u32` key
 /// length, the key, a `u32` value length and the value. The count and the lengths let the reader
-/// reject a truncated or padded snapshot before installing anything.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vdsnap01";
+/// reject a truncated or padded snapshot before installing anything. Keys are the tree's raw
+/// keys (a prefix byte, then a UTF-8 key): data, the staged-restore record, and with
+/// `STAGED_PREFIX` the staging tree's data; not `last_applied` and the membership, which travel
+/// in openraft's snapshot meta.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vdsnap02";
 
 struct SnapshotWriter {
     buf: Vec<u8>,
@@ -631,8 +667,13 @@ impl<'a> SnapshotReader<'a> {
         }
         let key = self.take_part()?;
         let value = self.take_part()?;
-        if std::str::from_utf8(key).is_err() {
-            return Err(RaftError::Corrupt("the snapshot holds a key that is not UTF-8".into()));
+        let valid = match key.split_first() {
+            Some((&DATA_PREFIX | &STAGED_PREFIX, rest)) => std::str::from_utf8(rest).is_ok(),
+            Some(_) => key == KEY_RESTORE,
+            None => false,
+        };
+        if !valid {
+            return Err(RaftError::Corrupt("the snapshot holds a key that is not a state machine key".into()));
         }
         self.remaining -= 1;
         Ok(Some((key, value)))
@@ -736,7 +777,7 @@ mod tests {
         sm.apply(vec![normal(1, vec![put("keep", "v")])]).await.expect("apply");
 
         let mut writer = SnapshotWriter::new();
-        writer.push(b"new", b"value").expect("push");
+        writer.push(b"\x01new", b"value").expect("push");
         let mut data = writer.finish();
         data.truncate(data.len() - 2);
         let meta = SnapshotMeta { last_log_id: Some(log_id(2, 9)), ..Default::default() };
@@ -870,15 +911,42 @@ mod tests {
         assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_that_installs_a_snapshot_mid_restore_finishes_it() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let (mut leader, _) = open(leader_dir.path());
+        let (mut follower, reads) = open(follower_dir.path());
+        leader
+            .apply(vec![
+                normal(1, vec![put("old", "1")]),
+                step(2, Op::BeginRestore { id: "r".into() }),
+                step(3, chunk("r", &[("a", "1")])),
+            ])
+            .await
+            .expect("leader");
+        let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        follower.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(reads.get("old").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("a").expect("get"), None, "staged data is not live");
+
+        let rest = vec![step(4, chunk("r", &[("b", "2")])), step(5, Op::CommitRestore { id: "r".into() })];
+        let r = follower.apply(rest).await.expect("rest of the restore");
+        assert!(r[1].restore_committed);
+        assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("b").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(reads.get("old").expect("get"), None);
+    }
+
     #[test]
     fn snapshot_format_round_trips_and_rejects_padding() {
         let mut writer = SnapshotWriter::new();
-        writer.push(b"k1", b"").expect("push");
-        writer.push(b"k2", &[0u8, 255, 7]).expect("push");
+        writer.push(b"\x01k1", b"").expect("push");
+        writer.push(b"\x02k2", &[0u8, 255, 7]).expect("push");
         let data = writer.finish();
         let mut reader = SnapshotReader::new(&data).expect("header");
-        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k1"[..], &b""[..])));
-        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k2"[..], &[0u8, 255, 7][..])));
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"\x01k1"[..], &b""[..])));
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"\x02k2"[..], &[0u8, 255, 7][..])));
         assert_eq!(reader.next_pair().expect("end"), None);
 
         let mut padded = data.clone();
