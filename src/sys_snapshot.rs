@@ -419,9 +419,16 @@ impl Write for HashingWriter<'_> {
 
 /// Runs [`Core::reload_after_restore`] on this node whenever a restore commits here: on a
 /// follower that is the only signal that the whole store changed under it. One task per server,
-/// ending with the core or the raft node.
+/// ending with the core or the raft node. Called once at server start, before any request.
 pub fn spawn_restore_watcher(core: &Arc<Core>) {
     let Some(raft) = core.raft() else { return };
+    // Temporary files of saves and restores a crash interrupted: nothing can be using them yet.
+    let stale = raft.data_dir().join(TMP_DIR);
+    if let Err(e) = std::fs::remove_dir_all(&stale) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove {}: {e}", stale.display());
+        }
+    }
     let mut events = match raft.restore_events() {
         Ok(rx) => rx,
         Err(e) => {
