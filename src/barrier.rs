@@ -712,6 +712,13 @@ impl Barrier {
         encrypt_with_raw_key(keyring.root.expose_secret(), aad, plaintext)
     }
 
+    /// Opens what [`Barrier::encrypt_with_root_key`] sealed: `None` when it was not sealed with
+    /// this root key and `aad` (another cluster's snapshot, a corrupt one).
+    pub fn decrypt_with_root_key(&self, aad: &str, data: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, BarrierError> {
+        let (keyring, _) = self.keyring()?;
+        Ok(decrypt_with_raw_key(keyring.root.expose_secret(), aad, data).ok())
+    }
+
     pub fn key_status(&self) -> Result<KeyStatus, BarrierError> {
         let st = self.read_state();
         let k = st.keyring.as_ref().ok_or(BarrierError::Sealed)?.active();

@@ -948,6 +948,34 @@ impl Core {
             }
         }
     }
+
+    /// After a Raft snapshot restore replaced the whole store under this node (on the leader
+    /// that ran it and on every follower): reload the keyring, drop every cache and rebuild the
+    /// routes from the restored tables. A keyring that does not open with this node's root key
+    /// (a forced restore of another cluster's snapshot) seals the node, as Vault does: it then
+    /// needs the unseal keys of the snapshot's cluster.
+    pub async fn reload_after_restore(&self) -> Result<()> {
+        if self.is_sealed() {
+            return Ok(());
+        }
+        if let Err(e) = self.barrier.reload_keyring().await {
+            tracing::warn!("the restored keyring does not open with this node's root key, sealing: {e}");
+            return self.seal().await;
+        }
+        let _mounts = self.mount_lock.lock().await;
+        self.tokens.clear_cache();
+        self.policies.invalidate();
+        let core = self.core_view();
+        let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
+        let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
+        self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
+        let info: Option<ClusterInfo> = core.get_json("cluster/local/info").await?;
+        if let Ok(mut c) = self.cluster.write() {
+            *c = info;
+        }
+        tracing::info!("core: reloaded keyring, tables and caches after a snapshot restore");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod router;
 pub mod seal;
 pub mod sys;
 pub mod sys_raft;
+pub mod sys_snapshot;
 pub mod token;
 pub mod token_auth;
 pub mod transit;

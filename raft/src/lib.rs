@@ -11,6 +11,7 @@
 //! - `store.rs`: the sled database (`<path>/vaultd.sled`) and the sync that makes sled durable.
 //! - `log_store.rs`: the Raft log, vote and committed id (openraft's `RaftLogStorage`).
 //! - `state_machine.rs`: the key-value state, snapshots, and local reads (`RaftStateMachine`).
+//! - `snapshot.rs`: saving the state machine to a file and restoring one through the log.
 //! - `backend.rs`: the `Backend` implementation and the group commit in front of openraft.
 //! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it.
 //! - `tls.rs`: [`ClusterTls`], the cluster CA and node certificate (ECDSA P-521), and the rustls
@@ -86,6 +87,7 @@ mod log_store;
 mod membership;
 mod network;
 mod rpc;
+mod snapshot;
 mod state_machine;
 mod store;
 mod tls;
@@ -110,6 +112,7 @@ pub use crate::backend::MAX_TRANSACTION_BYTES;
 pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
 pub use crate::membership::PeerInfo;
+pub use crate::snapshot::{check_state_file, StateFileInfo};
 pub use crate::tls::{ClusterTls, CLUSTER_SERVER_NAME};
 pub use crate::types::Node;
 
@@ -168,6 +171,8 @@ pub struct RaftNode {
     raft: Raft<TypeConfig>,
     raft_id: u64,
     node: Node,
+    /// The data directory (`RaftConfig::path`).
+    dir: PathBuf,
     /// The client side of the cluster transport (shared with openraft).
     transport: Transport,
     /// What the cluster port serves: Raft, plus what the server registers.
@@ -199,6 +204,7 @@ impl RaftNode {
             return Err(RaftError::Config("node_id must not be empty".into()));
         }
         let (path, node_id) = (cfg.path.clone(), cfg.node_id.clone());
+        let dir = cfg.path.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path, &node_id))
             .await
             .map_err(|e| RaftError::Io(format!("the open task failed: {e}")))??;
@@ -247,6 +253,7 @@ impl RaftNode {
             raft,
             raft_id,
             node,
+            dir,
             transport,
             protocols,
             cluster: tokio::sync::Mutex::new(None),

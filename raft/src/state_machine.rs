@@ -29,6 +29,24 @@
 //! survive into the new one, which a "clear, then insert" on one tree could not promise without a
 //! transaction holding the whole snapshot (sled transactions cannot iterate to clear a tree).
 //!
+//! ## Restores
+//!
+//! A restore of a saved snapshot (`snapshot.rs`) arrives as log entries, so every node applies it
+//! at the same point of the log, and a node that crashes re-applies what it lost:
+//! - `BeginRestore{id}` empties the staging tree `sm.<live generation + 1>` and records `id` under
+//!   `0x00 "restore"` in the live tree (with `last_applied`, one batch);
+//! - `RestoreChunk{id, pairs}` writes the pairs into the staging tree (idempotent, so a chunk
+//!   re-applied after a crash does no harm), then moves `last_applied` in the live tree;
+//! - `CommitRestore{id}` gives the staging tree `last_applied` and the live membership, syncs,
+//!   flips `meta.sm_generation` to it and syncs again, exactly as a snapshot install: a crash
+//!   before the flip re-applies the commit on restart, a crash after it finds the restored data
+//!   live. `AbortRestore{id}` drops the staging tree and the record.
+//!
+//! `open` keeps the staging tree only while the live tree records a restore. A step naming
+//! another id than the recorded one is skipped on every node alike (it is a deterministic function
+//! of the log), so a stale leader's step cannot mix two restores. Live writes applied between
+//! begin and commit go to the old tree and are discarded by the commit, as in Vault.
+//!
 //! The current snapshot is kept in memory only. After a restart there is none until openraft asks
 //! for one; openraft rebuilds it at start-up if the log was purged.
 
@@ -48,7 +66,11 @@ use crate::types::{Node, Op, Response, TypeConfig};
 
 const KEY_LAST_APPLIED: &[u8] = b"\x00last_applied";
 const KEY_LAST_MEMBERSHIP: &[u8] = b"\x00last_membership";
-const DATA_PREFIX: u8 = 0x01;
+/// Present while a restore is staged: its id (see "Restores" in the module docs).
+const KEY_RESTORE: &[u8] = b"\x00restore";
+pub(crate) const DATA_PREFIX: u8 = 0x01;
+/// Marks, in a Raft snapshot only, a pair of the staging tree of a restore in progress.
+const STAGED_PREFIX: u8 = 0x02;
 
 /// Limits of one sled batch while installing a snapshot: bounds the memory a batch holds besides
 /// the snapshot itself.
@@ -94,10 +116,17 @@ struct StoredSnapshot {
 pub(crate) struct SmShared {
     live: RwLock<Live>,
     current_snapshot: Mutex<Option<StoredSnapshot>>,
+    /// Held by `apply` for each entry and by an export for its whole scan, so that an exported
+    /// snapshot is the state between two entries, never half of a transaction. An async lock:
+    /// `apply` holds it across the syncs of a restore commit.
+    pub(crate) apply_gate: tokio::sync::Mutex<()>,
+    /// Counts restores committed on this node, for the server to reload what it derived from
+    /// the replaced data (keyring, mount tables, caches).
+    pub(crate) restores: tokio::sync::watch::Sender<u64>,
 }
 
 impl SmShared {
-    fn tree(&self) -> Result<sled::Tree, RaftError> {
+    pub(crate) fn tree(&self) -> Result<sled::Tree, RaftError> {
         let live = self
             .live
             .read()
@@ -154,7 +183,8 @@ pub(crate) struct StateMachineStore {
 
 impl StateMachineStore {
     /// Opens the live generation and deletes any other (a snapshot install that crashed before its
-    /// flip, or an old generation whose drop was interrupted).
+    /// flip, or an old generation whose drop was interrupted), except the staging tree of a
+    /// restore the live tree records as in progress.
     pub(crate) fn open(store: Arc<Store>) -> Result<(Self, Arc<SmShared>), RaftError> {
         let generation = match store.meta.get(meta_key::SM_GENERATION)? {
             Some(raw) => u64_from_be(&raw, "the state machine generation")?,
@@ -165,9 +195,13 @@ impl StateMachineStore {
             }
         };
         let live_name = sm_tree_name(generation);
+        let staging_name = sm_tree_name(generation + 1);
+        let restoring = store.db.open_tree(&live_name)?.contains_key(KEY_RESTORE)?;
         for name in store.db.tree_names() {
             let is_sm = name.starts_with(TREE_SM_PREFIX.as_bytes());
-            if is_sm && name.as_ref() != live_name.as_bytes() {
+            let keep = name.as_ref() == live_name.as_bytes()
+                || (restoring && name.as_ref() == staging_name.as_bytes());
+            if is_sm && !keep {
                 tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping a stale state machine generation");
                 store.db.drop_tree(&name)?;
             }
@@ -176,6 +210,8 @@ impl StateMachineStore {
         let shared = Arc::new(SmShared {
             live: RwLock::new(Live { generation, tree }),
             current_snapshot: Mutex::new(None),
+            apply_gate: tokio::sync::Mutex::new(()),
+            restores: tokio::sync::watch::Sender::new(0),
         });
         Ok((Self { store, shared: Arc::clone(&shared) }, shared))
     }
@@ -203,6 +239,8 @@ impl StateMachineStore {
                     match op {
                         Op::Put { key, value } => batch.insert(data_key(&key), value),
                         Op::Delete { key } => batch.remove(data_key(&key)),
+                        // `apply` routes entries with restore steps to `apply_restore`.
+                        _ => {}
                     }
                 }
             }
@@ -216,67 +254,103 @@ impl StateMachineStore {
         Ok(())
     }
 
-    /// Copies the data out while the state machine cannot change: openraft calls this on the
-    /// state machine task, between applies, and builds the snapshot on another task afterwards.
-    fn capture(&self) -> Result<Captured, RaftError> {
-        let (last_applied, last_membership) = self.read_applied_state()?;
-        let tree = self.shared.tree()?;
-        let mut writer = SnapshotWriter::new();
-        for item in tree.scan_prefix([DATA_PREFIX]) {
-            let (key, value) = item?;
-            writer.push(&key[1..], &value)?;
-        }
-        Ok(Captured { last_applied, last_membership, data: writer.finish() })
+    fn live_generation(&self) -> Result<u64, RaftError> {
+        let live = self
+            .shared
+            .live
+            .read()
+            .map_err(|_| RaftError::Io("the state machine lock is poisoned".into()))?;
+        Ok(live.generation)
     }
 
-    async fn install(
-        &mut self,
-        meta: &SnapshotMeta<u64, Node>,
-        data: Vec<u8>,
-    ) -> Result<(), RaftError> {
-        // Decode everything before touching anything, so a bad snapshot leaves the state intact.
-        SnapshotReader::new(&data)?.validate()?;
+    /// The id of the restore staged now, if any.
+    fn staged_restore(tree: &sled::Tree) -> Result<Option<String>, RaftError> {
+        match tree.get(KEY_RESTORE)? {
+            Some(raw) => Ok(Some(decode(&raw, "the staged restore id")?)),
+            None => Ok(None),
+        }
+    }
 
-        let old = {
-            let live = self
-                .shared
-                .live
-                .read()
-                .map_err(|_| RaftError::Io("the state machine lock is poisoned".into()))?;
-            live.generation
+    /// Applies an entry carrying restore steps (see "Restores" in the module docs). Plain puts
+    /// and deletes in the same entry (none are proposed so) apply to the live tree in order.
+    async fn apply_restore(&mut self, entry: Entry<TypeConfig>) -> Result<Response, RaftError> {
+        let EntryPayload::Normal(request) = entry.payload else {
+            return Ok(Response::default());
         };
-        let generation = old + 1;
-        let name = sm_tree_name(generation);
-        // Leftovers of a crashed install under this name were dropped at open; this is cheap.
-        self.store.db.drop_tree(name.as_bytes())?;
-        let tree = self.store.db.open_tree(&name)?;
-
-        let mut batch = sled::Batch::default();
-        let (mut batch_bytes, mut batch_ops) = (0usize, 0usize);
-        let mut reader = SnapshotReader::new(&data)?;
-        while let Some((key, value)) = reader.next_pair()? {
-            let mut k = Vec::with_capacity(1 + key.len());
-            k.push(DATA_PREFIX);
-            k.extend_from_slice(key);
-            batch.insert(k, value);
-            batch_bytes += key.len() + value.len();
-            batch_ops += 1;
-            if batch_bytes >= INSTALL_BATCH_BYTES || batch_ops >= INSTALL_BATCH_OPS {
-                tree.apply_batch(std::mem::take(&mut batch))?;
-                (batch_bytes, batch_ops) = (0, 0);
+        let log_id = entry.log_id;
+        let mut response = Response::default();
+        for op in request.ops {
+            let live = self.shared.tree()?;
+            let generation = self.live_generation()?;
+            let staging_name = sm_tree_name(generation + 1);
+            let staged = Self::staged_restore(&live)?;
+            match op {
+                Op::Put { key, value } => {
+                    live.insert(data_key(&key), value)?;
+                }
+                Op::Delete { key } => {
+                    live.remove(data_key(&key))?;
+                }
+                Op::BeginRestore { id } => {
+                    // A restore begun earlier and never finished is replaced by this one.
+                    self.store.db.drop_tree(staging_name.as_bytes())?;
+                    self.store.db.open_tree(&staging_name)?;
+                    live.insert(KEY_RESTORE, encode(&id)?)?;
+                    tracing::info!(restore = %id, "snapshot restore begun");
+                }
+                Op::RestoreChunk { id, pairs } => {
+                    if staged.as_deref() != Some(id.as_str()) {
+                        tracing::warn!(restore = %id, "skipping a chunk of a restore that is not staged");
+                        continue;
+                    }
+                    let staging = self.store.db.open_tree(&staging_name)?;
+                    let mut batch = sled::Batch::default();
+                    for pair in pairs {
+                        batch.insert(data_key(&pair.key), pair.value);
+                    }
+                    staging.apply_batch(batch)?;
+                }
+                Op::AbortRestore { id } => {
+                    if staged.as_deref() != Some(id.as_str()) {
+                        continue;
+                    }
+                    live.remove(KEY_RESTORE)?;
+                    // Unreachable once the record is gone; a failed drop is retried by `open`.
+                    if let Err(e) = self.store.db.drop_tree(staging_name.as_bytes()) {
+                        tracing::warn!("failed to drop an aborted restore's staging tree: {e}");
+                    }
+                    tracing::info!(restore = %id, "snapshot restore aborted");
+                }
+                Op::CommitRestore { id } => {
+                    if staged.as_deref() != Some(id.as_str()) {
+                        tracing::warn!(restore = %id, "skipping the commit of a restore that is not staged");
+                        continue;
+                    }
+                    let staging = self.store.db.open_tree(&staging_name)?;
+                    let mut batch = sled::Batch::default();
+                    batch.insert(KEY_LAST_APPLIED, encode(&log_id)?);
+                    if let Some(membership) = live.get(KEY_LAST_MEMBERSHIP)? {
+                        batch.insert(KEY_LAST_MEMBERSHIP, membership);
+                    }
+                    staging.apply_batch(batch)?;
+                    self.switch_to(generation + 1, staging).await?;
+                    self.shared.restores.send_modify(|n| *n += 1);
+                    response.restore_committed = true;
+                    tracing::info!(restore = %id, "snapshot restore committed");
+                }
             }
         }
-        if let Some(last) = &meta.last_log_id {
-            batch.insert(KEY_LAST_APPLIED, encode(last)?);
-        }
-        batch.insert(KEY_LAST_MEMBERSHIP, encode(&meta.last_membership)?);
-        tree.apply_batch(batch)?;
+        self.shared.tree()?.insert(KEY_LAST_APPLIED, encode(&log_id)?)?;
+        Ok(response)
+    }
 
-        // The new generation is complete on disk before anything points at it.
+    /// Makes `tree`, complete and holding its metadata, the live generation: synced before and
+    /// after the pointer flip, so a crash leaves either the old or the new state machine, whole.
+    async fn switch_to(&mut self, generation: u64, tree: sled::Tree) -> Result<(), RaftError> {
+        let old = self.live_generation()?;
         self.store.sync().await?;
         self.store.meta.insert(meta_key::SM_GENERATION, &generation.to_be_bytes())?;
         self.store.sync().await?;
-
         {
             let mut live = self
                 .shared
@@ -289,6 +363,93 @@ impl StateMachineStore {
         if let Err(e) = self.store.db.drop_tree(sm_tree_name(old).as_bytes()) {
             tracing::warn!("failed to drop the replaced state machine generation {old}: {e}");
         }
+        Ok(())
+    }
+
+    /// Copies the data out while the state machine cannot change: openraft calls this on the
+    /// state machine task, between applies, and builds the snapshot on another task afterwards.
+    fn capture(&self) -> Result<Captured, RaftError> {
+        let (last_applied, last_membership) = self.read_applied_state()?;
+        let tree = self.shared.tree()?;
+        let mut writer = SnapshotWriter::new();
+        for item in tree.iter() {
+            let (key, value) = item?;
+            // openraft sends these two as the snapshot's meta.
+            if key == KEY_LAST_APPLIED || key == KEY_LAST_MEMBERSHIP {
+                continue;
+            }
+            writer.push(&key, &value)?;
+        }
+        // A follower that installs this snapshot mid-restore needs the staged part too, or it
+        // would skip the rest of the restore that the others apply.
+        if tree.contains_key(KEY_RESTORE)? {
+            let staging = self.store.db.open_tree(sm_tree_name(self.live_generation()? + 1))?;
+            for item in staging.scan_prefix([DATA_PREFIX]) {
+                let (key, value) = item?;
+                let mut k = key.to_vec();
+                k[0] = STAGED_PREFIX;
+                writer.push(&k, &value)?;
+            }
+        }
+        Ok(Captured { last_applied, last_membership, data: writer.finish() })
+    }
+
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta<u64, Node>,
+        data: Vec<u8>,
+    ) -> Result<(), RaftError> {
+        // Decode everything before touching anything, so a bad snapshot leaves the state intact.
+        SnapshotReader::new(&data)?.validate()?;
+
+        // An export must not scan a tree this drops.
+        let shared = Arc::clone(&self.shared);
+        let _gate = shared.apply_gate.lock().await;
+        let generation = self.live_generation()? + 1;
+        // The new live tree, and the staging tree of a restore in progress beside it (the
+        // previous staging tree, if any, is the name the new live tree takes).
+        let mut fresh = Vec::with_capacity(2);
+        for g in [generation, generation + 1] {
+            let name = sm_tree_name(g);
+            // Leftovers of a crashed install under these names were dropped at open; cheap.
+            self.store.db.drop_tree(name.as_bytes())?;
+            fresh.push(self.store.db.open_tree(&name)?);
+        }
+        let staging = fresh.pop().ok_or_else(|| RaftError::Corrupt("no staging tree".into()))?;
+        let tree = fresh.pop().ok_or_else(|| RaftError::Corrupt("no live tree".into()))?;
+
+        let mut batches = [(sled::Batch::default(), 0usize, 0usize), (sled::Batch::default(), 0, 0)];
+        let mut reader = SnapshotReader::new(&data)?;
+        while let Some((key, value)) = reader.next_pair()? {
+            let (target, k) = if key[0] == STAGED_PREFIX {
+                let mut k = key.to_vec();
+                k[0] = DATA_PREFIX;
+                (1, k)
+            } else {
+                (0, key.to_vec())
+            };
+            let (batch, bytes, ops) = &mut batches[target];
+            batch.insert(k, value);
+            *bytes += key.len() + value.len();
+            *ops += 1;
+            if *bytes >= INSTALL_BATCH_BYTES || *ops >= INSTALL_BATCH_OPS {
+                [&tree, &staging][target].apply_batch(std::mem::take(batch))?;
+                (*bytes, *ops) = (0, 0);
+            }
+        }
+        let [(mut batch, ..), (staged, ..)] = batches;
+        staging.apply_batch(staged)?;
+        if let Some(last) = &meta.last_log_id {
+            batch.insert(KEY_LAST_APPLIED, encode(last)?);
+        }
+        batch.insert(KEY_LAST_MEMBERSHIP, encode(&meta.last_membership)?);
+        tree.apply_batch(batch)?;
+        if !tree.contains_key(KEY_RESTORE)? {
+            self.store.db.drop_tree(sm_tree_name(generation + 1).as_bytes())?;
+        }
+
+        // The new generation is complete on disk before anything points at it.
+        self.switch_to(generation, tree).await?;
         set_current_snapshot(&self.shared, StoredSnapshot { meta: meta.clone(), data })?;
         Ok(())
     }
@@ -364,14 +525,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let tree = self.shared.tree().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let shared = Arc::clone(&self.shared);
         let entries = entries.into_iter();
         let mut responses = Vec::with_capacity(entries.size_hint().0);
         for entry in entries {
             let log_id = entry.log_id;
-            Self::apply_entry(&tree, entry)
+            let _gate = shared.apply_gate.lock().await;
+            let is_restore = matches!(&entry.payload, EntryPayload::Normal(r) if r.ops.iter().any(Op::is_restore));
+            let result = if is_restore {
+                self.apply_restore(entry).await
+            } else {
+                match self.shared.tree() {
+                    Ok(tree) => Self::apply_entry(&tree, entry).map(|()| Response::default()),
+                    Err(e) => Err(e),
+                }
+            };
+            let response = result
                 .map_err(|e| to_storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
-            responses.push(Response {});
+            responses.push(response);
         }
         Ok(responses)
     }
@@ -412,8 +583,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Snapshot data: `MAGIC`, a big-endian `u64` pair count, then per pair a big-endian `u32` key
 /// length, the key, a `u32` value length and the value. The count and the lengths let the reader
-/// reject a truncated or padded snapshot before installing anything.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"vdsnap01";
+/// reject a truncated or padded snapshot before installing anything. Keys are the tree's raw
+/// keys (a prefix byte, then a UTF-8 key): data, the staged-restore record, and with
+/// `STAGED_PREFIX` the staging tree's data; not `last_applied` and the membership, which travel
+/// in openraft's snapshot meta.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"vdsnap02";
 
 struct SnapshotWriter {
     buf: Vec<u8>,
@@ -493,8 +667,13 @@ impl<'a> SnapshotReader<'a> {
         }
         let key = self.take_part()?;
         let value = self.take_part()?;
-        if std::str::from_utf8(key).is_err() {
-            return Err(RaftError::Corrupt("the snapshot holds a key that is not UTF-8".into()));
+        let valid = match key.split_first() {
+            Some((&DATA_PREFIX | &STAGED_PREFIX, rest)) => std::str::from_utf8(rest).is_ok(),
+            Some(_) => key == KEY_RESTORE,
+            None => false,
+        };
+        if !valid {
+            return Err(RaftError::Corrupt("the snapshot holds a key that is not a state machine key".into()));
         }
         self.remaining -= 1;
         Ok(Some((key, value)))
@@ -598,7 +777,7 @@ mod tests {
         sm.apply(vec![normal(1, vec![put("keep", "v")])]).await.expect("apply");
 
         let mut writer = SnapshotWriter::new();
-        writer.push(b"new", b"value").expect("push");
+        writer.push(b"\x01new", b"value").expect("push");
         let mut data = writer.finish();
         data.truncate(data.len() - 2);
         let meta = SnapshotMeta { last_log_id: Some(log_id(2, 9)), ..Default::default() };
@@ -609,15 +788,165 @@ mod tests {
         assert_eq!(sm.applied_state().await.expect("applied").0, Some(log_id(1, 1)));
     }
 
+    fn step(index: u64, op: Op) -> Entry<TypeConfig> {
+        normal(index, vec![op])
+    }
+
+    fn chunk(id: &str, pairs: &[(&str, &str)]) -> Op {
+        Op::RestoreChunk {
+            id: id.into(),
+            pairs: pairs
+                .iter()
+                .map(|(k, v)| crate::types::RestorePair { key: (*k).into(), value: v.as_bytes().to_vec() })
+                .collect(),
+        }
+    }
+
+    fn sm_tree_count(sm: &StateMachineStore) -> usize {
+        sm.store.db.tree_names().iter().filter(|n| n.starts_with(TREE_SM_PREFIX.as_bytes())).count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_switches_atomically_at_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, reads) = open(dir.path());
+        let members: BTreeSet<u64> = [1].into_iter().collect();
+        let membership = Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Membership(Membership::new(vec![members], ())),
+        };
+        sm.apply(vec![membership, normal(2, vec![put("old", "1"), put("a", "old")])]).await.expect("apply");
+        let mut events = reads.restores.subscribe();
+
+        sm.apply(vec![step(3, Op::BeginRestore { id: "r1".into() }), step(4, chunk("r1", &[("a", "new")]))])
+            .await
+            .expect("begin");
+        // Staged, not live: reads and later writes still see the old data.
+        assert_eq!(reads.get("a").expect("get"), Some(b"old".to_vec()));
+        sm.apply(vec![normal(5, vec![put("during", "x")])]).await.expect("write during");
+        // A step of another restore is skipped.
+        let r = sm.apply(vec![step(6, chunk("other", &[("x", "y")])), step(7, Op::CommitRestore { id: "other".into() })])
+            .await
+            .expect("foreign steps");
+        assert!(!r[1].restore_committed);
+        assert_eq!(reads.get("a").expect("get"), Some(b"old".to_vec()));
+
+        sm.apply(vec![step(8, chunk("r1", &[("dir/b", "2")]))]).await.expect("chunk");
+        let r = sm.apply(vec![step(9, Op::CommitRestore { id: "r1".into() })]).await.expect("commit");
+        assert!(r[0].restore_committed);
+        assert_eq!(reads.get("a").expect("get"), Some(b"new".to_vec()));
+        assert_eq!(reads.get("dir/b").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(reads.get("old").expect("get"), None);
+        assert_eq!(reads.get("during").expect("get"), None);
+        assert_eq!(reads.get("x").expect("get"), None);
+        let (applied, membership) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(log_id(1, 9)));
+        assert_eq!(membership.log_id(), &Some(log_id(1, 1)), "the membership survives a restore");
+        assert!(events.has_changed().expect("events"));
+        assert_eq!(*events.borrow_and_update(), 1);
+        assert_eq!(sm_tree_count(&sm), 1);
+
+        // Normal writes go on in the restored tree, and all of it survives a reopen.
+        sm.apply(vec![normal(10, vec![put("after", "z")])]).await.expect("after");
+        drop((sm, reads));
+        let (mut sm, reads) = open(dir.path());
+        assert_eq!(reads.get("a").expect("get"), Some(b"new".to_vec()));
+        assert_eq!(reads.get("after").expect("get"), Some(b"z".to_vec()));
+        assert_eq!(reads.get("old").expect("get"), None);
+        assert_eq!(sm.applied_state().await.expect("applied").0, Some(log_id(1, 10)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_restore_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, reads) = open(dir.path());
+        sm.apply(vec![normal(1, vec![put("keep", "v")])]).await.expect("apply");
+        sm.apply(vec![
+            step(2, Op::BeginRestore { id: "r".into() }),
+            step(3, chunk("r", &[("keep", "replaced"), ("new", "n")])),
+            step(4, Op::AbortRestore { id: "r".into() }),
+        ])
+        .await
+        .expect("abort");
+        // A commit after the abort finds nothing staged.
+        let r = sm.apply(vec![step(5, Op::CommitRestore { id: "r".into() })]).await.expect("late commit");
+        assert!(!r[0].restore_committed);
+        assert_eq!(reads.get("keep").expect("get"), Some(b"v".to_vec()));
+        assert_eq!(reads.get("new").expect("get"), None);
+        assert_eq!(sm_tree_count(&sm), 1, "the staging tree is dropped");
+        assert_eq!(sm.applied_state().await.expect("applied").0, Some(log_id(1, 5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_survives_a_restart_midway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut sm, _reads) = open(dir.path());
+            sm.apply(vec![normal(1, vec![put("old", "1")])]).await.expect("apply");
+            sm.apply(vec![step(2, Op::BeginRestore { id: "r".into() }), step(3, chunk("r", &[("a", "1")]))])
+                .await
+                .expect("begin");
+            sm.store.sync().await.expect("sync");
+        }
+        // The "crash": reopen. The old data is live, the staging tree is kept for the rest of
+        // the log, which openraft re-applies or delivers next.
+        let (mut sm, reads) = open(dir.path());
+        assert_eq!(reads.get("old").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("a").expect("get"), None);
+        assert_eq!(sm_tree_count(&sm), 2);
+        sm.apply(vec![step(4, chunk("r", &[("b", "2")])), step(5, Op::CommitRestore { id: "r".into() })])
+            .await
+            .expect("finish");
+        assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("b").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(reads.get("old").expect("get"), None);
+
+        // A staging tree without a record (a crash inside BeginRestore) is dropped at open.
+        let gen = sm.live_generation().expect("generation");
+        sm.store.db.open_tree(sm_tree_name(gen + 1)).expect("stray").insert(b"x", b"y").expect("insert");
+        sm.store.sync().await.expect("sync");
+        drop((sm, reads));
+        let (sm, reads) = open(dir.path());
+        assert_eq!(sm_tree_count(&sm), 1);
+        assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_that_installs_a_snapshot_mid_restore_finishes_it() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let follower_dir = tempfile::tempdir().expect("tempdir");
+        let (mut leader, _) = open(leader_dir.path());
+        let (mut follower, reads) = open(follower_dir.path());
+        leader
+            .apply(vec![
+                normal(1, vec![put("old", "1")]),
+                step(2, Op::BeginRestore { id: "r".into() }),
+                step(3, chunk("r", &[("a", "1")])),
+            ])
+            .await
+            .expect("leader");
+        let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        follower.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(reads.get("old").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("a").expect("get"), None, "staged data is not live");
+
+        let rest = vec![step(4, chunk("r", &[("b", "2")])), step(5, Op::CommitRestore { id: "r".into() })];
+        let r = follower.apply(rest).await.expect("rest of the restore");
+        assert!(r[1].restore_committed);
+        assert_eq!(reads.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(reads.get("b").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(reads.get("old").expect("get"), None);
+    }
+
     #[test]
     fn snapshot_format_round_trips_and_rejects_padding() {
         let mut writer = SnapshotWriter::new();
-        writer.push(b"k1", b"").expect("push");
-        writer.push(b"k2", &[0u8, 255, 7]).expect("push");
+        writer.push(b"\x01k1", b"").expect("push");
+        writer.push(b"\x02k2", &[0u8, 255, 7]).expect("push");
         let data = writer.finish();
         let mut reader = SnapshotReader::new(&data).expect("header");
-        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k1"[..], &b""[..])));
-        assert_eq!(reader.next_pair().expect("pair"), Some((&b"k2"[..], &[0u8, 255, 7][..])));
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"\x01k1"[..], &b""[..])));
+        assert_eq!(reader.next_pair().expect("pair"), Some((&b"\x02k2"[..], &[0u8, 255, 7][..])));
         assert_eq!(reader.next_pair().expect("end"), None);
 
         let mut padded = data.clone();

@@ -55,6 +55,32 @@ pub(crate) enum Op {
     Delete {
         key: String,
     },
+    /// A snapshot restore (`snapshot.rs`) travels through the log so that it reaches every node
+    /// and survives a crash: begin (fresh staging tree), chunks of the restored data, then commit
+    /// (atomic switch to the staging tree) or abort. Each of these is proposed as an entry of its
+    /// own; `id` ties the steps of one restore together so that a step of another restore (an
+    /// old leader's) never mixes in.
+    BeginRestore {
+        id: String,
+    },
+    RestoreChunk {
+        id: String,
+        pairs: Vec<RestorePair>,
+    },
+    CommitRestore {
+        id: String,
+    },
+    AbortRestore {
+        id: String,
+    },
+}
+
+/// One key and value of a restore chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RestorePair {
+    pub(crate) key: String,
+    #[serde(with = "serde_bytes")]
+    pub(crate) value: Vec<u8>,
 }
 
 impl Op {
@@ -63,7 +89,15 @@ impl Op {
         match self {
             Op::Put { key, value } => key.len() + value.len(),
             Op::Delete { key } => key.len(),
+            Op::BeginRestore { id } | Op::CommitRestore { id } | Op::AbortRestore { id } => id.len(),
+            Op::RestoreChunk { id, pairs } => {
+                id.len() + pairs.iter().map(|p| p.key.len() + p.value.len()).sum::<usize>()
+            }
         }
+    }
+
+    pub(crate) fn is_restore(&self) -> bool {
+        !matches!(self, Op::Put { .. } | Op::Delete { .. })
     }
 }
 
@@ -71,4 +105,9 @@ impl Op {
 /// proposed, and an apply that fails for a local reason (I/O) must stop the node instead of being
 /// reported to one client (it would differ between nodes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Response {}
+pub(crate) struct Response {
+    /// Set by a `CommitRestore` that switched the state machine to the restored data (false when
+    /// the restore it names is not the one staged, e.g. an older leader's).
+    #[serde(default)]
+    pub(crate) restore_committed: bool,
+}

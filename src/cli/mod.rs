@@ -10,6 +10,7 @@ pub mod generic;
 pub mod kv;
 pub mod output;
 pub mod raft;
+pub mod raft_snapshot;
 pub mod server;
 
 use std::ffi::OsString;

@@ -31,9 +31,15 @@ pub enum RaftCommand {
     },
     /// Remove a peer by its node id.
     RemovePeer { server_id: String },
+    /// Save or restore a snapshot of the cluster's data.
+    #[command(subcommand)]
+    Snapshot(super::raft_snapshot::SnapshotCommand),
 }
 
 pub async fn run(cmd: RaftCommand) -> i32 {
+    if let RaftCommand::Snapshot(cmd) = cmd {
+        return super::raft_snapshot::run(cmd).await;
+    }
     let c = match output::client() {
         Ok(c) => c,
         Err(code) => return code,
@@ -102,6 +108,7 @@ pub async fn run(cmd: RaftCommand) -> i32 {
             print_columns(&rows);
             output::OK
         }
+        RaftCommand::Snapshot(_) => output::USAGE,
         RaftCommand::RemovePeer { server_id } => {
             match c
                 .call(

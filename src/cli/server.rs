@@ -147,6 +147,8 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         max_lease_ttl: cfg.max_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
     });
 
+    crate::sys_snapshot::spawn_restore_watcher(&core);
+
     // Dev mode is initialized and unsealed before the port opens, so the first client that can
     // connect finds a ready server.
     let dev_credentials = if args.dev {

@@ -233,6 +233,12 @@ fn decode(s: &str) -> String {
 }
 
 async fn handle(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> HttpResponse {
+    // Snapshots stream their body (and have their own size bound): not buffered here.
+    match uri.path().trim_end_matches('/') {
+        "/v1/sys/storage/raft/snapshot" => return crate::sys_snapshot::serve(&state.core, method, &uri, headers, body, false).await,
+        "/v1/sys/storage/raft/snapshot-force" => return crate::sys_snapshot::serve(&state.core, method, &uri, headers, body, true).await,
+        _ => {}
+    }
     let limit = state.max_request_size.unwrap_or(usize::MAX);
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
