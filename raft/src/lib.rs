@@ -79,6 +79,7 @@
 //! asks openraft to split an AppendEntries above 4 MiB (`network.rs`); one entry, up to
 //! [`MAX_TRANSACTION_BYTES`], always travels alone.
 
+mod autopilot;
 mod backend;
 pub mod cluster;
 mod error;
@@ -106,6 +107,9 @@ use openraft::error::{CheckIsLeaderError, InitializeError, RaftError as Openraft
 use openraft::metrics::WaitError;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 
+pub use crate::autopilot::{
+    AutopilotConfig, AutopilotConfigLoader, AutopilotServer, AutopilotState,
+};
 pub use crate::backend::MAX_TRANSACTION_BYTES;
 pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
@@ -116,6 +120,7 @@ pub use crate::types::Node;
 use crate::backend::{propose, Proposer, RaftBackend};
 use crate::cluster::{Protocols, ALPN_RAFT};
 use crate::log_store::LogStore;
+use crate::membership::Removal;
 use crate::network::Transport;
 use crate::rpc::RaftRpcService;
 use crate::state_machine::{SmShared, StateMachineStore};
@@ -176,6 +181,11 @@ pub struct RaftNode {
     cluster: tokio::sync::Mutex<Option<ClusterListener>>,
     /// `None` once shut down: reads and writes then fail with `Unavailable`.
     open: RwLock<Option<Open>>,
+    /// Whether this node was removed from the cluster (`membership.rs`).
+    removal: Arc<Removal>,
+    autopilot: autopilot::Autopilot,
+    /// The removal watcher and autopilot; aborted at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Open {
@@ -197,6 +207,24 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Io(format!("the open task failed: {e}")))??;
         let (state_machine, reads) = StateMachineStore::open(Arc::clone(&store))?;
+        let node = Node {
+            node_id: cfg.node_id,
+            api_addr: cfg.api_addr,
+            cluster_addr: cfg.cluster_addr,
+            non_voter: false,
+        };
+        let state_machine = {
+            let (path, store, me) = (cfg.path.clone(), Arc::clone(&store), node.clone());
+            let (sm, recovered) = tokio::task::spawn_blocking(move || {
+                let r = membership::recover_from_peers_json(&path, &store, &state_machine, &me);
+                (state_machine, r)
+            })
+            .await
+            .map_err(|e| RaftError::Io(format!("the peers.json task failed: {e}")))?;
+            recovered?;
+            sm
+        };
+        let removed = store.is_removed()?;
 
         // Raft::new re-applies committed entries the state machine lost in a crash before it
         // returns (see state_machine.rs), which is why reads are complete right after `open`.
@@ -216,17 +244,22 @@ impl RaftNode {
             .with_raft_state(|st| st.membership_state.effective().voter_ids().collect::<Vec<u64>>())
             .await
             .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
-        if voters.is_empty() || voters == [raft_id] {
+        if removed {
+            tracing::warn!(raft_id, "this node was removed from its raft cluster; it stays out of elections");
+        } else if voters.is_empty() || voters == [raft_id] {
             raft.runtime_config().elect(true);
         }
 
         let proposer = Proposer::start(raft.clone());
-        let node =
-            Node { node_id: cfg.node_id, api_addr: cfg.api_addr, cluster_addr: cfg.cluster_addr };
+        let removal = Arc::new(Removal::new(removed, &store, raft.clone()));
         let protocols = Protocols::default();
-        protocols.insert(ALPN_RAFT, Arc::new(RaftRpcService { raft: raft.clone(), raft_id }));
+        protocols.insert(
+            ALPN_RAFT,
+            Arc::new(RaftRpcService { raft: raft.clone(), raft_id, removal: Arc::clone(&removal) }),
+        );
         tracing::info!(raft_id, node = %node, voters = voters.len(), "raft storage opened");
-        Ok(Arc::new(RaftNode {
+        let watcher = membership::spawn_watcher(raft.clone(), Arc::clone(&removal), raft_id);
+        let node = Arc::new(RaftNode {
             raft,
             raft_id,
             node,
@@ -234,7 +267,15 @@ impl RaftNode {
             protocols,
             cluster: tokio::sync::Mutex::new(None),
             open: RwLock::new(Some(Open { store, reads, proposer })),
-        }))
+            removal,
+            autopilot: autopilot::Autopilot::new(),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let pilot = autopilot::spawn(Arc::downgrade(&node));
+        if let Ok(mut tasks) = node.tasks.lock() {
+            tasks.extend([watcher, pilot]);
+        }
+        Ok(node)
     }
 
     /// Starts the cluster port on `bind` (Vault's `cluster_address`; peers reach it at this
@@ -268,7 +309,9 @@ impl RaftNode {
             }
         };
         self.transport.set_tls(client);
-        self.raft.runtime_config().elect(true);
+        if !self.is_removed() {
+            self.raft.runtime_config().elect(true);
+        }
         tracing::info!(raft_id = self.raft_id, %local_addr, "raft cluster transport started");
         Ok(local_addr)
     }
@@ -396,6 +439,9 @@ impl RaftNode {
         let Some(Open { store, reads, proposer }) = open else {
             return Ok(());
         };
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
         // Peers see this node go at once (connections close) rather than after a timeout.
         if let Some(listener) = self.cluster.lock().await.take() {
             listener.shutdown();
