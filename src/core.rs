@@ -515,6 +515,7 @@ impl Core {
         }
         // Last before ready: nothing can fail after the tidy starts, so a failed unseal never
         // leaves it running against a sealed barrier.
+        crate::sys_raft::install_autopilot_loader(self);
         let raft = self.raft().cloned();
         self.tokens.start_tidy(Arc::new(move || raft.as_ref().is_none_or(|r| r.status().is_leader)));
         self.ready.store(true, Ordering::Release);
@@ -655,6 +656,9 @@ impl Core {
     pub async fn handle_request(&self, req: &Request) -> Result<Option<Response>> {
         if self.is_sealed() {
             return Err(Error::Sealed);
+        }
+        if self.removed_from_cluster() {
+            return Err(Error::Unavailable(crate::sys_raft::REMOVED_MESSAGE.into()));
         }
         self.sync_follower().await?;
         let (target, mount_point) = self.target(&req.path);
@@ -911,6 +915,12 @@ impl Core {
                 tracing::warn!(error = %e, "raft shutdown");
             }
         }
+    }
+
+    /// This node was removed from its Raft cluster (HV 1.19's `removed_from_cluster`): health
+    /// answers 530 and requests are refused. Durable across restarts (the raft crate records it).
+    pub fn removed_from_cluster(&self) -> bool {
+        self.raft().is_some_and(|r| r.is_removed())
     }
 }
 

@@ -87,6 +87,7 @@ fn seal_status_json(core: &Core, st: &crate::core::SealStatus) -> Value {
         "migration": false,
         "recovery_seal": false,
         "storage_type": core.storage.name(),
+        "removed_from_cluster": core.removed_from_cluster(),
     });
     if let (Some(c), Value::Object(o)) = (&st.cluster, &mut v) {
         o.insert("cluster_name".into(), Value::String(c.name.clone()));
@@ -190,7 +191,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
             code_param(inc, "haunhealthycode", 474)?,
         ))
     })();
-    let (active, standby_code, _dr, _perf, sealed_code, uninit, _removed, _unhealthy) = match codes {
+    let (active, standby_code, _dr, _perf, sealed_code, uninit, removed_code, _unhealthy) = match codes {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -201,8 +202,11 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
     let sealed = core.is_sealed();
     // An unsealed raft follower is a standby (it does not serve writes yet; issue 5 forwards).
     let standby = sealed || core.raft().is_some_and(|r| !r.status().is_leader);
+    let removed = core.removed_from_cluster();
     let code = if !initialized {
         uninit
+    } else if removed {
+        removed_code
     } else if sealed {
         sealed_code
     } else if standby {
@@ -227,6 +231,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
         "enterprise": false,
         "echo_duration_ms": 0,
         "clock_skew_ms": 0,
+        "removed_from_cluster": removed,
     });
     if let (Some(c), false, Value::Object(o)) = (core.cluster_info(), sealed, &mut body) {
         o.insert("cluster_name".into(), Value::String(c.name));
