@@ -339,21 +339,28 @@ mod tests {
                 "status": "leader", "node_status": "alive", "healthy": true, "last_contact": "0s",
                 "last_term": 3, "last_index": 29, "version": "2.7.2", "node_type": "voter"}}
         });
-        let want = "Healthy:                         true\n\
-Failure Tolerance:               0\n\
-Leader:                          bao1\n\
-Voters:\n   bao1\n\
-Servers:\n   bao1\n\
-      Name:              bao1\n\
-      Address:           127.0.0.1:18411\n\
-      Status:            leader\n\
-      Node Status:       alive\n\
-      Healthy:           true\n\
-      Last Contact:      0s\n\
-      Last Term:         3\n\
-      Last Index:        29\n\
-      Version:           2.7.2\n\
-      Node Type:         voter\n\n";
+        let want = [
+            "Healthy:                         true",
+            "Failure Tolerance:               0",
+            "Leader:                          bao1",
+            "Voters:",
+            "   bao1",
+            "Servers:",
+            "   bao1",
+            "      Name:              bao1",
+            "      Address:           127.0.0.1:18411",
+            "      Status:            leader",
+            "      Node Status:       alive",
+            "      Healthy:           true",
+            "      Last Contact:      0s",
+            "      Last Term:         3",
+            "      Last Index:        29",
+            "      Version:           2.7.2",
+            "      Node Type:         voter",
+            "",
+            "",
+        ]
+        .join("\n");
         assert_eq!(state_text(&d), want);
     }
 }
