@@ -489,6 +489,90 @@ pub(crate) async fn notify_removed(node: &RaftNode, raft_id: u64, target: &Node)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ClusterTls, RaftConfig};
+
+    async fn start(dir: &std::path::Path, name: &str, port: u16, tls: &ClusterTls) -> Arc<RaftNode> {
+        let cfg = RaftConfig {
+            path: dir.to_path_buf(),
+            node_id: name.to_string(),
+            api_addr: format!("https://{name}.test:8200"),
+            cluster_addr: format!("https://127.0.0.1:{port}"),
+        };
+        let node = RaftNode::open(cfg).await.expect("open");
+        node.start_cluster(std::net::SocketAddr::from(([127, 0, 0, 1], port)), tls)
+            .await
+            .expect("start cluster");
+        node
+    }
+
+    async fn until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn is_voter(leader: &RaftNode, id: u64) -> Option<bool> {
+        leader.configuration().into_iter().find(|p| p.raft_id == id).map(|p| p.voter)
+    }
+
+    /// In one process over real TLS: autopilot promotes a stable learner, never a non-voter, and a
+    /// removed node learns it from the leader and remembers it after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn promotion_non_voters_and_removal_notice() {
+        let tls = ClusterTls::generate().expect("tls").without_ca_key();
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::TempDir::new().expect("tmp")).collect();
+        let held: Vec<std::net::TcpListener> =
+            (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        drop(held);
+        let n1 = start(dirs[0].path(), "n1", ports[0], &tls).await;
+        let n2 = start(dirs[1].path(), "n2", ports[1], &tls).await;
+        let n3 = start(dirs[2].path(), "n3", ports[2], &tls).await;
+        n1.bootstrap_single().await.expect("bootstrap");
+        let stabilization = Duration::from_millis(600);
+        n1.set_autopilot_config(AutopilotConfig {
+            server_stabilization_time: stabilization,
+            ..Default::default()
+        });
+
+        let added = Instant::now();
+        n1.add_learner(n2.raft_id(), n2.node().clone()).await.expect("add n2");
+        let mut n3_node = n3.node().clone();
+        n3_node.non_voter = true;
+        n1.add_learner(n3.raft_id(), n3_node).await.expect("add n3");
+        assert_eq!(is_voter(&n1, n2.raft_id()), Some(false), "a new node starts as a learner");
+        until("n2 promoted", Duration::from_secs(15), || is_voter(&n1, n2.raft_id()) == Some(true)).await;
+        assert!(added.elapsed() >= stabilization, "promoted before the stabilization time");
+
+        let state = n1.autopilot_state().expect("state on the leader");
+        assert_eq!(state.leader, "n1");
+        let mut voters = state.voters.clone();
+        voters.sort();
+        assert_eq!(voters, vec!["n1".to_string(), "n2".to_string()]);
+        assert_eq!(state.non_voters, vec!["n3".to_string()]);
+        assert!(n2.autopilot_state().is_err(), "only the leader has autopilot state");
+        tokio::time::sleep(stabilization * 3).await;
+        assert_eq!(is_voter(&n1, n3.raft_id()), Some(false), "a non-voter is never promoted");
+
+        n1.remove_node(n2.raft_id()).await.expect("remove n2");
+        until("n2 knows it was removed", Duration::from_secs(10), || n2.is_removed()).await;
+        assert!(!n1.is_removed() && !n3.is_removed());
+        n2.shutdown().await.expect("shutdown n2");
+        let reopened = RaftNode::open(RaftConfig {
+            path: dirs[1].path().to_path_buf(),
+            node_id: "n2".into(),
+            api_addr: "https://n2.test:8200".into(),
+            cluster_addr: format!("https://127.0.0.1:{}", ports[1]),
+        })
+        .await
+        .expect("reopen n2");
+        assert!(reopened.is_removed(), "the removal is durable");
+        for n in [&reopened, &n1, &n3] {
+            n.shutdown().await.expect("shutdown");
+        }
+    }
 
     #[test]
     fn health_needs_contact_and_a_short_trail() {
