@@ -401,11 +401,13 @@ struct PeerEntry {
 /// the membership, before openraft starts, and rename the file to `peers.info`.
 ///
 /// The new membership is appended to this node's log as an entry of a term above any it has seen
-/// (`last term + 1`, leader id this node, with a matching vote): such a log id can exist on no
-/// other node, so the entry never collides with another node's entry at the same index, and
-/// openraft takes the last membership in the log as the effective one. The node then elects
-/// itself (or the listed survivors elect one of them) at a still higher term, and that leader's
-/// first entry commits the new membership. Every survivor must get the same file, as in Vault.
+/// (`last term + 1`, with a matching vote), and openraft takes the last membership in the log as
+/// the effective one. The entry's leader id is the lowest listed voter on every survivor: no real
+/// leader ever wrote in that term, and survivors with equal last terms get comparable log ids
+/// (the longer log wins the election; a shorter one is overwritten where it differs). The node
+/// then elects itself (or the survivors elect one of them) at a still higher term, and that
+/// leader's first entry commits the new membership. Every survivor must get the same file, as in
+/// Vault.
 ///
 /// Servers are matched to the current membership by Vault node id (their raft ids are not in the
 /// file); a node id this node has never seen as a member is refused.
@@ -462,14 +464,21 @@ pub(crate) fn recover_from_peers_json(
         members.iter().filter(|(_, (_, non_voter))| !non_voter).map(|(id, _)| *id).collect();
     let nodes: BTreeMap<u64, Node> = members.into_iter().map(|(id, (n, _))| (id, n)).collect();
 
-    let term = last.map(|l| l.leader_id.term).unwrap_or(0).max(vote.map(|v| v.leader_id().term).unwrap_or(0)) + 1;
+    let term = last
+        .map(|l| l.leader_id.term)
+        .unwrap_or(0)
+        .max(vote.map(|v| v.leader_id().term).unwrap_or(0))
+        + 1;
     let index = last.map(|l| l.index + 1).unwrap_or(1);
+    // The same leader id on every survivor (the lowest listed voter), so that survivors' last log
+    // ids stay comparable and they can elect one of them.
+    let author = voters.iter().next().copied().unwrap_or(store.raft_id);
     let entry: Entry<TypeConfig> = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, store.raft_id), index),
+        log_id: LogId::new(CommittedLeaderId::new(term, author), index),
         payload: EntryPayload::Membership(Membership::new(vec![voters.clone()], nodes)),
     };
     store.log.insert(index.to_be_bytes(), encode(&entry)?)?;
-    store.meta.insert(meta_key::VOTE, encode(&Vote::new(term, store.raft_id))?)?;
+    store.meta.insert(meta_key::VOTE, encode(&Vote::new(term, author))?)?;
     store.sync_blocking()?;
     std::fs::rename(&file, path.join(PEERS_INFO))
         .map_err(|e| RaftError::Io(format!("renaming {}: {e}", file.display())))?;
