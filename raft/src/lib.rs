@@ -12,7 +12,11 @@
 //! - `log_store.rs`: the Raft log, vote and committed id (openraft's `RaftLogStorage`).
 //! - `state_machine.rs`: the key-value state, snapshots, and local reads (`RaftStateMachine`).
 //! - `backend.rs`: the `Backend` implementation and the group commit in front of openraft.
-//! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it.
+//! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it;
+//!   the removed flag (a removed node knows it and stays out of elections, across restarts);
+//!   `peers.json` recovery before openraft starts.
+//! - `autopilot.rs`: on the leader, Vault's autopilot: per-server health from pings and
+//!   replication, promotion of stable learners, dead-server cleanup, retried removal notices.
 //! - `tls.rs`: [`ClusterTls`], the cluster CA and node certificate (ECDSA P-521), and the rustls
 //!   configurations (mutual TLS, trust in the cluster CA only).
 //! - `cluster.rs`: the cluster port: one TLS listener that dispatches connections by ALPN
@@ -40,8 +44,9 @@
 //! with [`RaftNode::start_cluster`] (the server calls it once it has the cluster TLS identity,
 //! which lives in the barrier). The first node bootstraps itself ([`RaftNode::bootstrap_single`]);
 //! a joining node opens, starts its cluster port and waits, and the leader adds it with
-//! [`RaftNode::add_learner`] (the joining node reports its [`RaftNode::raft_id`] and [`Node`]),
-//! then [`RaftNode::promote`]s it once it has caught up.
+//! [`RaftNode::add_learner`] (the joining node reports its [`RaftNode::raft_id`] and [`Node`]);
+//! autopilot promotes it once it has been healthy for the stabilization time, unless its `Node`
+//! says `non_voter`.
 //!
 //! ### Elections before the cluster port
 //!
