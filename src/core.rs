@@ -541,6 +541,7 @@ impl Core {
         // runs it; a node that leads becomes active in `start_ha`, before it reports unsealed.
         let me = self.weak();
         self.tokens.start_tidy(Arc::new(move || me.upgrade().is_some_and(|c| c.ha_state().is_active())));
+        crate::sys_raft::install_autopilot_loader(self);
         self.start_ha().await;
         self.ready.store(true, Ordering::Release);
         Ok(())
@@ -684,6 +685,9 @@ impl Core {
     pub async fn handle_request(&self, req: &Request) -> Result<Option<Response>> {
         if self.is_sealed() {
             return Err(Error::Sealed);
+        }
+        if self.removed_from_cluster() {
+            return Err(Error::Unavailable(crate::sys_raft::REMOVED_MESSAGE.into()));
         }
         // A Raft leader that is not active (becoming active, stepping down, or past its lease)
         // serves nothing: its reads may be stale and its writes must not be acknowledged.
@@ -975,6 +979,12 @@ impl Core {
         }
         tracing::info!("core: reloaded keyring, tables and caches after a snapshot restore");
         Ok(())
+    }
+
+    /// This node was removed from its Raft cluster (HV 1.19's `removed_from_cluster`): health
+    /// answers 530 and requests are refused. Durable across restarts (the raft crate records it).
+    pub fn removed_from_cluster(&self) -> bool {
+        self.raft().is_some_and(|r| r.is_removed())
     }
 }
 

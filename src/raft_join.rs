@@ -10,8 +10,10 @@
 //!    cluster's root key from the blob the leader sent, decrypts the challenge with it and sends
 //!    the answer (`sys/storage/raft/bootstrap/answer`). Wrong shares fail here, before the leader
 //!    is contacted again: 400, the cluster is unchanged, the join stays pending.
-//! 3. The leader checks the answer, adds the node as a learner, starts promoting it to a voter in
-//!    the background (unless `non_voter`), and returns the cluster TLS identity.
+//! 3. The leader checks the answer, adds the node as a learner (marked `non_voter` when asked)
+//!    and returns the cluster TLS identity. Autopilot (`vaultd_raft`) promotes a node that joined
+//!    to vote once it has been healthy for `server_stabilization_time`; a `non_voter` stays a
+//!    learner.
 //! 4. The node starts its cluster port with that identity, waits until it has applied the leader's
 //!    log up to the index the leader reported (it then holds `core/seal-config`, `core/root-key`
 //!    and `core/keyring`), and unseals as usual, as a follower.
@@ -24,8 +26,6 @@
 //! - The expected answer is derived (HKDF-SHA256) from a per-process secret and the server id, so
 //!   the leader keeps no per-joiner state (Vault's map of pending challenges was a DoS vector). A
 //!   leader restart between challenge and answer therefore invalidates the challenge: join again.
-//! - Promotion to voter runs right after the learner is added (bounded by the raft crate's
-//!   catch-up and membership timeouts), not through autopilot's stabilization period.
 //! - `retry` retries the challenge request in the background for a bounded time
 //!   ([`RETRY_ATTEMPTS`] × [`RETRY_INTERVAL`]). The `retry_join` stanzas ([`spawn_retry_join`])
 //!   run the same bounded loop at startup, trying the leaders in order rather than in parallel.
@@ -113,6 +113,11 @@ pub async fn join(core: &Arc<Core>, req: JoinRequest) -> Result<()> {
     let raft = raft_of(core)?;
     if req.leader_api_addr.is_empty() {
         return Err(Error::bad_request("leader_api_addr is required"));
+    }
+    if core.removed_from_cluster() {
+        return Err(Error::bad_request(
+            "node was removed from a HA cluster; wipe its data directory before joining again",
+        ));
     }
     if !core.is_sealed()
         || core.stored_seal_config().await?.is_some()
@@ -430,16 +435,32 @@ fn expected_answer(secret: &[u8; 32], server_id: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
-/// The leader must be unsealed and lead; a standby names the leader instead.
-fn require_leader(core: &Core) -> Result<&Arc<RaftNode>> {
-    if core.is_sealed() {
-        return Err(Error::Sealed);
-    }
+/// The leader must be initialized, unsealed and lead; a standby names the leader instead. These
+/// answers reach the joining node's operator inside its "failed to join raft cluster" error, so
+/// they say what to do. Served outside any forwarding: a join is answered by the node asked.
+async fn require_leader(core: &Core) -> Result<&Arc<RaftNode>> {
     let raft = raft_of(core)?;
+    if core.removed_from_cluster() {
+        return Err(Error::bad_request(
+            "this node was removed from its cluster and cannot take new members",
+        ));
+    }
+    if core.stored_seal_config().await?.is_none() {
+        return Err(Error::bad_request(
+            "this node is not initialized: join a node of an initialized cluster",
+        ));
+    }
+    if core.is_sealed() {
+        return Err(Error::bad_request("this node is sealed: unseal the leader before joining it"));
+    }
     let st = raft.status();
     if !st.is_leader {
-        return Err(Error::Raft(vaultd_raft::RaftError::NotLeader {
-            leader_api_addr: st.leader.map(|n| n.api_addr),
+        return Err(Error::bad_request(match st.leader {
+            Some(n) => format!(
+                "this node is not the raft leader; join the leader at {} instead",
+                n.api_addr
+            ),
+            None => "this node is not the raft leader and knows of no leader".to_string(),
         }));
     }
     Ok(raft)
@@ -451,7 +472,7 @@ fn str_field<'a>(body: &'a serde_json::Map<String, Value>, key: &str) -> &'a str
 
 /// The leader side: `sys/storage/raft/bootstrap/challenge`.
 pub async fn challenge(core: &Core, body: &serde_json::Map<String, Value>) -> Result<Value> {
-    require_leader(core)?;
+    require_leader(core).await?;
     let server_id = str_field(body, "server_id");
     if server_id.is_empty() {
         return Err(Error::bad_request("no server id provided"));
@@ -475,7 +496,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The leader side: `sys/storage/raft/bootstrap/answer`. Adds the node and hands it the cluster
 /// TLS identity.
 pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Result<Value> {
-    let raft = require_leader(core)?;
+    let raft = require_leader(core).await?;
     let server_id = str_field(body, "server_id");
     if server_id.is_empty() {
         return Err(Error::bad_request("no server id provided"));
@@ -505,22 +526,11 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
         node_id: server_id.to_string(),
         api_addr: str_field(body, "api_addr").to_string(),
         cluster_addr: cluster_addr.to_string(),
+        non_voter,
     };
+    // A learner either way; autopilot promotes it once stable unless it asked to stay a
+    // non-voter (the flag travels in the membership, so a new leader honours it too).
     raft.add_learner(raft_id, node).await?;
-    if !non_voter {
-        // Promotion waits for the learner to catch up, which needs its cluster port, which it
-        // starts only with this answer's TLS identity: so it runs after we answer. Bounded by the
-        // raft crate's catch-up and membership timeouts.
-        let raft = Arc::clone(raft);
-        tokio::spawn(async move {
-            match raft.promote(raft_id).await {
-                Ok(()) => tracing::info!(raft_id, "raft join: promoted the new node to voter"),
-                Err(e) => {
-                    tracing::warn!(raft_id, error = %e, "raft join: promoting the new node failed; it stays a non-voter")
-                }
-            }
-        });
-    }
     let peers: Vec<Value> = raft
         .configuration()
         .into_iter()

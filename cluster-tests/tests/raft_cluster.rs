@@ -32,7 +32,8 @@ async fn servers(api: &Api) -> Vec<Value> {
 /// Polls the leader's configuration until `pred` holds (promotion to voter runs in the
 /// background after a join).
 async fn wait_servers(api: &Api, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Autopilot promotes a joined node after Vault's 10 s server_stabilization_time.
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let s = servers(api).await;
         if pred(&s) {

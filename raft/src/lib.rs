@@ -13,7 +13,11 @@
 //! - `state_machine.rs`: the key-value state, snapshots, and local reads (`RaftStateMachine`).
 //! - `snapshot.rs`: saving the state machine to a file and restoring one through the log.
 //! - `backend.rs`: the `Backend` implementation and the group commit in front of openraft.
-//! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it.
+//! - `membership.rs`: adding, promoting and removing nodes; the configuration as Vault shows it;
+//!   the removed flag (a removed node knows it and stays out of elections, across restarts);
+//!   `peers.json` recovery before openraft starts.
+//! - `autopilot.rs`: on the leader, Vault's autopilot: per-server health from pings and
+//!   replication, promotion of stable learners, dead-server cleanup, retried removal notices.
 //! - `tls.rs`: [`ClusterTls`], the cluster CA and node certificate (ECDSA P-521), and the rustls
 //!   configurations (mutual TLS, trust in the cluster CA only).
 //! - `cluster.rs`: the cluster port: one TLS listener that dispatches connections by ALPN
@@ -41,8 +45,9 @@
 //! with [`RaftNode::start_cluster`] (the server calls it once it has the cluster TLS identity,
 //! which lives in the barrier). The first node bootstraps itself ([`RaftNode::bootstrap_single`]);
 //! a joining node opens, starts its cluster port and waits, and the leader adds it with
-//! [`RaftNode::add_learner`] (the joining node reports its [`RaftNode::raft_id`] and [`Node`]),
-//! then [`RaftNode::promote`]s it once it has caught up.
+//! [`RaftNode::add_learner`] (the joining node reports its [`RaftNode::raft_id`] and [`Node`]);
+//! autopilot promotes it once it has been healthy for the stabilization time, unless its `Node`
+//! says `non_voter`.
 //!
 //! ### Elections before the cluster port
 //!
@@ -80,6 +85,7 @@
 //! asks openraft to split an AppendEntries above 4 MiB (`network.rs`); one entry, up to
 //! [`MAX_TRANSACTION_BYTES`], always travels alone.
 
+mod autopilot;
 mod backend;
 pub mod cluster;
 mod error;
@@ -108,6 +114,9 @@ use openraft::error::{CheckIsLeaderError, InitializeError, RaftError as Openraft
 use openraft::metrics::WaitError;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 
+pub use crate::autopilot::{
+    AutopilotConfig, AutopilotConfigLoader, AutopilotServer, AutopilotState,
+};
 pub use crate::backend::MAX_TRANSACTION_BYTES;
 pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
@@ -119,6 +128,7 @@ pub use crate::types::Node;
 use crate::backend::{propose, Proposer, RaftBackend};
 use crate::cluster::{Protocols, ALPN_RAFT};
 use crate::log_store::LogStore;
+use crate::membership::Removal;
 use crate::network::Transport;
 use crate::rpc::RaftRpcService;
 use crate::state_machine::{SmShared, StateMachineStore};
@@ -187,6 +197,11 @@ pub struct RaftNode {
     quorum_ack: Arc<Mutex<(Instant, Option<u64>)>>,
     /// `None` once shut down: reads and writes then fail with `Unavailable`.
     open: RwLock<Option<Open>>,
+    /// Whether this node was removed from the cluster (`membership.rs`).
+    removal: Arc<Removal>,
+    autopilot: autopilot::Autopilot,
+    /// The removal watcher and autopilot; aborted at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Open {
@@ -209,6 +224,24 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Io(format!("the open task failed: {e}")))??;
         let (state_machine, reads) = StateMachineStore::open(Arc::clone(&store))?;
+        let node = Node {
+            node_id: cfg.node_id,
+            api_addr: cfg.api_addr,
+            cluster_addr: cfg.cluster_addr,
+            non_voter: false,
+        };
+        let state_machine = {
+            let (path, store, me) = (cfg.path.clone(), Arc::clone(&store), node.clone());
+            let (sm, recovered) = tokio::task::spawn_blocking(move || {
+                let r = membership::recover_from_peers_json(&path, &store, &state_machine, &me);
+                (state_machine, r)
+            })
+            .await
+            .map_err(|e| RaftError::Io(format!("the peers.json task failed: {e}")))?;
+            recovered?;
+            sm
+        };
+        let removed = store.is_removed()?;
 
         // Raft::new re-applies committed entries the state machine lost in a crash before it
         // returns (see state_machine.rs), which is why reads are complete right after `open`.
@@ -228,15 +261,19 @@ impl RaftNode {
             .with_raft_state(|st| st.membership_state.effective().voter_ids().collect::<Vec<u64>>())
             .await
             .map_err(|e| RaftError::Stopped(format!("raft failed to start: {e}")))?;
-        if voters.is_empty() || voters == [raft_id] {
+        if removed {
+            tracing::warn!(raft_id, "this node was removed from its raft cluster; it stays out of elections");
+        } else if voters.is_empty() || voters == [raft_id] {
             raft.runtime_config().elect(true);
         }
 
         let proposer = Proposer::start(raft.clone());
-        let node =
-            Node { node_id: cfg.node_id, api_addr: cfg.api_addr, cluster_addr: cfg.cluster_addr };
+        let removal = Arc::new(Removal::new(removed, &store, raft.clone()));
         let protocols = Protocols::default();
-        protocols.insert(ALPN_RAFT, Arc::new(RaftRpcService { raft: raft.clone(), raft_id }));
+        protocols.insert(
+            ALPN_RAFT,
+            Arc::new(RaftRpcService { raft: raft.clone(), raft_id, removal: Arc::clone(&removal) }),
+        );
         tracing::info!(raft_id, node = %node, voters = voters.len(), "raft storage opened");
         let initial = status_from(&raft.metrics().borrow(), raft_id, &node.node_id, 0);
         let (status_tx, _) = tokio::sync::watch::channel(initial);
@@ -249,7 +286,8 @@ impl RaftNode {
             raft_id,
             node.node_id.clone(),
         ));
-        Ok(Arc::new(RaftNode {
+        let watcher = membership::spawn_watcher(raft.clone(), Arc::clone(&removal), raft_id);
+        let node = Arc::new(RaftNode {
             raft,
             raft_id,
             node,
@@ -260,7 +298,15 @@ impl RaftNode {
             status_tx,
             quorum_ack,
             open: RwLock::new(Some(Open { store, reads, proposer })),
-        }))
+            removal,
+            autopilot: autopilot::Autopilot::new(),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let pilot = autopilot::spawn(Arc::downgrade(&node));
+        if let Ok(mut tasks) = node.tasks.lock() {
+            tasks.extend([watcher, pilot]);
+        }
+        Ok(node)
     }
 
     /// A watch of this node's [`RaftStatus`], updated at every openraft metrics report (leader
@@ -362,8 +408,10 @@ impl RaftNode {
             }
         };
         self.transport.set_tls(client);
-        self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
+        if !self.is_removed() {
+            self.raft.runtime_config().heartbeat(true);
+            self.raft.runtime_config().elect(true);
+        }
         tracing::info!(raft_id = self.raft_id, %local_addr, "raft cluster transport started");
         Ok(local_addr)
     }
@@ -500,6 +548,9 @@ impl RaftNode {
         let Some(Open { store, reads, proposer }) = open else {
             return Ok(());
         };
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
         // Peers see this node go at once (connections close) rather than after a timeout.
         if let Some(listener) = self.cluster.lock().await.take() {
             listener.shutdown();

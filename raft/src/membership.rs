@@ -15,15 +15,24 @@
 //!   voter does not stall commits while it receives a snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError as OpenraftError};
 use openraft::metrics::WaitError;
-use openraft::{ChangeMembers, ServerState};
+use openraft::{
+    ChangeMembers, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Raft, ServerState,
+    Vote,
+};
+use serde::Deserialize;
 
 use crate::cluster::host_port;
 use crate::error::RaftError;
-use crate::types::Node;
+use crate::state_machine::StateMachineStore;
+use crate::store::{decode, encode, meta_key, Store};
+use crate::types::{Node, TypeConfig};
 use crate::RaftNode;
 
 /// A membership change commits in one (learner) or two (joint, then uniform) entries: a few
@@ -178,16 +187,13 @@ impl RaftNode {
     /// change is committed and the others elect a new leader.
     pub async fn remove_node(&self, raft_id: u64) -> Result<(), RaftError> {
         self.check_can_change()?;
-        let (is_member, is_voter) = {
+        let (node, is_voter) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
-            (
-                membership.get_node(&raft_id).is_some(),
-                membership.voter_ids().any(|id| id == raft_id),
-            )
+            (membership.get_node(&raft_id).cloned(), membership.voter_ids().any(|id| id == raft_id))
         };
-        if !is_member {
+        if node.is_none() {
             return Ok(());
         }
         let ids = BTreeSet::from([raft_id]);
@@ -202,12 +208,31 @@ impl RaftNode {
             Err(_) => Err(RaftError::Timeout(MEMBERSHIP_TIMEOUT, "the removal to commit")),
             Ok(Err(e)) => Err(write_error(e)),
             Ok(Ok(_)) => {
-                if raft_id != self.raft_id {
+                tracing::info!(raft_id, "removed a raft node");
+                if raft_id == self.raft_id {
+                    self.mark_removed("it removed itself as leader").await;
+                } else {
+                    if let Some(node) = node {
+                        if !crate::autopilot::notify_removed(self, raft_id, &node).await {
+                            self.autopilot.queue_notice(raft_id, node);
+                        }
+                    }
                     self.transport.forget(raft_id);
                 }
-                tracing::info!(raft_id, "removed a raft node");
                 Ok(())
             }
+        }
+    }
+
+    /// This node was removed from the cluster (told by the leader, or it saw a committed
+    /// membership without itself). Durable: it stays removed across restarts.
+    pub fn is_removed(&self) -> bool {
+        self.removal.is_removed()
+    }
+
+    async fn mark_removed(&self, why: &str) {
+        if let Err(e) = self.removal.mark(why).await {
+            tracing::error!("cannot record that this node was removed: {e}");
         }
     }
 
@@ -287,5 +312,282 @@ impl RaftNode {
                 }
                 WaitError::ShuttingDown => RaftError::Stopped("raft is shutting down".into()),
             })
+    }
+}
+
+/// Whether this node was removed from the cluster, and how it records it.
+pub(crate) struct Removal {
+    flag: AtomicBool,
+    /// Weak: the store must close when the node shuts down (sled locks its directory).
+    store: Weak<Store>,
+    raft: Raft<TypeConfig>,
+}
+
+impl Removal {
+    pub(crate) fn new(removed: bool, store: &Arc<Store>, raft: Raft<TypeConfig>) -> Self {
+        Removal { flag: AtomicBool::new(removed), store: Arc::downgrade(store), raft }
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Stops campaigning and records the removal durably. Idempotent.
+    pub(crate) async fn mark(&self, why: &str) -> Result<(), RaftError> {
+        if self.flag.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.raft.runtime_config().elect(false);
+        tracing::warn!(why, "this node was removed from the raft cluster; it no longer takes part in elections");
+        match self.store.upgrade() {
+            Some(store) => store.mark_removed().await,
+            None => Err(RaftError::Stopped("the raft node is shut down".into())),
+        }
+    }
+}
+
+/// Notices when a committed membership no longer holds this node, after one that did: the
+/// fallback for a removal notice that never arrived. Only applied (hence committed) memberships
+/// count, so an uncommitted entry a new leader later truncates never marks a node removed, and a
+/// joining node replaying the memberships from before it was added never does either.
+pub(crate) fn spawn_watcher(
+    raft: Raft<TypeConfig>,
+    removal: Arc<Removal>,
+    raft_id: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rx = raft.metrics();
+        let mut seen_self = false;
+        loop {
+            let removed = {
+                let m = rx.borrow_and_update();
+                let stored = &m.membership_config;
+                let applied = m.last_applied.map(|l| l.index);
+                let committed = stored.log_id().is_some_and(|l| applied >= Some(l.index));
+                let member = stored.membership().get_node(&raft_id).is_some();
+                if member && committed {
+                    seen_self = true;
+                }
+                seen_self && committed && !member
+            };
+            if removed {
+                if let Err(e) = removal.mark("a committed membership no longer lists it").await {
+                    tracing::error!("cannot record that this node was removed: {e}");
+                }
+                return;
+            }
+            if removal.is_removed() || rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Where Vault's lost-quorum recovery file lives, under the storage path.
+pub(crate) const PEERS_JSON: &str = "raft/peers.json";
+const PEERS_INFO: &str = "raft/peers.info";
+/// A peers.json larger than this is not a list of a few servers.
+const MAX_PEERS_JSON: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+struct PeerEntry {
+    id: String,
+    address: String,
+    #[serde(default)]
+    non_voter: bool,
+}
+
+/// Vault's lost-quorum recovery: when `<path>/raft/peers.json` exists, make exactly its servers
+/// the membership, before openraft starts, and rename the file to `peers.info`.
+///
+/// The new membership is appended to this node's log as an entry of a term above any it has seen
+/// (`last term + 1`, with a matching vote), and openraft takes the last membership in the log as
+/// the effective one. The entry's leader id is the lowest listed voter on every survivor: no real
+/// leader ever wrote in that term, and survivors with equal last terms get comparable log ids
+/// (the longer log wins the election; a shorter one is overwritten where it differs). The node
+/// then elects itself (or the survivors elect one of them) at a still higher term, and that
+/// leader's first entry commits the new membership. Every survivor must get the same file, as in
+/// Vault.
+///
+/// Servers are matched to the current membership by Vault node id (their raft ids are not in the
+/// file); a node id this node has never seen as a member is refused.
+pub(crate) fn recover_from_peers_json(
+    path: &Path,
+    store: &Arc<Store>,
+    state_machine: &StateMachineStore,
+    me: &Node,
+) -> Result<bool, RaftError> {
+    let file = path.join(PEERS_JSON);
+    let meta = match std::fs::metadata(&file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RaftError::Io(format!("reading {}: {e}", file.display()))),
+    };
+    if meta.len() > MAX_PEERS_JSON {
+        return Err(RaftError::Config(format!("{} is too large", file.display())));
+    }
+    let raw = std::fs::read(&file)
+        .map_err(|e| RaftError::Io(format!("reading {}: {e}", file.display())))?;
+    let peers: Vec<PeerEntry> = serde_json::from_slice(&raw)
+        .map_err(|e| RaftError::Config(format!("{} is not valid: {e}", file.display())))?;
+
+    let (applied, sm_membership) = state_machine.read_applied_state()?;
+    let mut current = sm_membership.membership().clone();
+    // The log after the last applied entry may hold a newer membership.
+    let mut last_log: Option<LogId<u64>> = None;
+    for item in store.log.iter().rev() {
+        let (_, raw) = item?;
+        let entry: Entry<TypeConfig> = decode(&raw, "a log entry")?;
+        if last_log.is_none() {
+            last_log = Some(entry.log_id);
+        }
+        if applied.is_some_and(|a| entry.log_id.index <= a.index) {
+            break;
+        }
+        if let EntryPayload::Membership(m) = entry.payload {
+            current = m;
+            break;
+        }
+    }
+    let last_purged: Option<LogId<u64>> = match store.meta.get(meta_key::LAST_PURGED)? {
+        Some(raw) => Some(decode(&raw, "the last purged log id")?),
+        None => None,
+    };
+    let last = [last_log, last_purged, applied].into_iter().flatten().max();
+    let vote: Option<Vote<u64>> = match store.meta.get(meta_key::VOTE)? {
+        Some(raw) => Some(decode(&raw, "the vote")?),
+        None => None,
+    };
+
+    let members = peers_to_members(&peers, &current, store.raft_id, me)?;
+    let voters: BTreeSet<u64> =
+        members.iter().filter(|(_, (_, non_voter))| !non_voter).map(|(id, _)| *id).collect();
+    let nodes: BTreeMap<u64, Node> = members.into_iter().map(|(id, (n, _))| (id, n)).collect();
+
+    let term = last
+        .map(|l| l.leader_id.term)
+        .unwrap_or(0)
+        .max(vote.map(|v| v.leader_id().term).unwrap_or(0))
+        + 1;
+    let index = last.map(|l| l.index + 1).unwrap_or(1);
+    // The same leader id on every survivor (the lowest listed voter), so that survivors' last log
+    // ids stay comparable and they can elect one of them.
+    let author = voters.iter().next().copied().unwrap_or(store.raft_id);
+    let entry: Entry<TypeConfig> = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, author), index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters.clone()], nodes)),
+    };
+    store.log.insert(index.to_be_bytes(), encode(&entry)?)?;
+    store.meta.insert(meta_key::VOTE, encode(&Vote::new(term, author))?)?;
+    store.sync_blocking()?;
+    std::fs::rename(&file, path.join(PEERS_INFO))
+        .map_err(|e| RaftError::Io(format!("renaming {}: {e}", file.display())))?;
+    if let Ok(dir) = std::fs::File::open(path.join("raft")) {
+        // The rename is what says "done"; without the directory sync it could be undone by a crash
+        // and the recovery run again on top of a newer log.
+        dir.sync_all()?;
+    }
+    tracing::warn!(
+        voters = ?voters,
+        servers = peers.len(),
+        index,
+        "recovered the raft membership from peers.json (renamed to peers.info)"
+    );
+    Ok(true)
+}
+
+/// Maps peers.json's servers to members: raft id → (node, non_voter).
+fn peers_to_members(
+    peers: &[PeerEntry],
+    current: &Membership<u64, Node>,
+    my_raft_id: u64,
+    me: &Node,
+) -> Result<BTreeMap<u64, (Node, bool)>, RaftError> {
+    if peers.is_empty() {
+        return Err(RaftError::Config("peers.json lists no servers".into()));
+    }
+    let mut out = BTreeMap::new();
+    for p in peers {
+        if p.id.is_empty() || host_port(&p.address).is_err() {
+            return Err(RaftError::Config(format!(
+                "peers.json: server {:?} needs an id and an address host:port",
+                p.id
+            )));
+        }
+        let (raft_id, mut node) = if p.id == me.node_id {
+            (my_raft_id, me.clone())
+        } else {
+            let (id, n) = current.nodes().find(|(_, n)| n.node_id == p.id).ok_or_else(|| {
+                RaftError::Config(format!(
+                    "peers.json names {:?}, which is not a member this node knows",
+                    p.id
+                ))
+            })?;
+            (*id, n.clone())
+        };
+        if host_port(&node.cluster_addr).ok() != Some(p.address.as_str()) {
+            node.cluster_addr = format!("https://{}", p.address);
+        }
+        node.non_voter = p.non_voter;
+        if out.insert(raft_id, (node, p.non_voter)).is_some() {
+            return Err(RaftError::Config(format!("peers.json lists {:?} twice", p.id)));
+        }
+    }
+    if !out.contains_key(&my_raft_id) {
+        return Err(RaftError::Config(format!(
+            "peers.json does not list this node ({:?})",
+            me.node_id
+        )));
+    }
+    if out.values().all(|(_, non_voter)| *non_voter) {
+        return Err(RaftError::Config("peers.json lists no voter".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    fn node(id: &str, port: u16) -> Node {
+        Node {
+            node_id: id.into(),
+            api_addr: format!("http://127.0.0.1:{}", port - 1),
+            cluster_addr: format!("https://127.0.0.1:{port}"),
+            non_voter: false,
+        }
+    }
+
+    #[test]
+    fn peers_map_to_known_members_only() {
+        let current = Membership::new(
+            vec![BTreeSet::from([1, 2, 3])],
+            BTreeMap::from([(1, node("a", 8201)), (2, node("b", 8301)), (3, node("c", 8401))]),
+        );
+        let me = node("a", 8201);
+        let p = |id: &str, addr: &str, nv: bool| PeerEntry {
+            id: id.into(),
+            address: addr.into(),
+            non_voter: nv,
+        };
+        let m = peers_to_members(&[p("a", "127.0.0.1:8201", false)], &current, 1, &me)
+            .expect("survivor alone");
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1]);
+
+        let m = peers_to_members(
+            &[p("a", "127.0.0.1:8201", false), p("c", "10.0.0.3:8201", true)],
+            &current,
+            1,
+            &me,
+        )
+        .expect("two");
+        assert_eq!(m[&3].0.cluster_addr, "https://10.0.0.3:8201", "a new address is taken");
+        assert!(m[&3].1);
+
+        assert!(peers_to_members(&[p("zz", "127.0.0.1:1", false)], &current, 1, &me).is_err());
+        assert!(peers_to_members(&[p("b", "127.0.0.1:8301", false)], &current, 1, &me).is_err(), "self missing");
+        assert!(peers_to_members(&[], &current, 1, &me).is_err());
+        assert!(peers_to_members(&[p("a", "nope", false)], &current, 1, &me).is_err());
+        assert!(peers_to_members(&[p("a", "127.0.0.1:8201", true)], &current, 1, &me).is_err(), "no voter");
     }
 }

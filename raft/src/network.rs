@@ -526,6 +526,21 @@ impl PeerClient {
         }
     }
 
+    /// Sends one of vaultd's own control messages (`rpc.rs`: ping, removal notice) to this peer.
+    pub(crate) async fn call_control(
+        &self,
+        body: RpcRequest,
+        ttl: Duration,
+    ) -> Result<RpcResponse, RaftError> {
+        match self.call(body, ttl).await {
+            Ok(RpcResponse::Refused { reason, .. }) => Err(RaftError::Unreachable(reason)),
+            Ok(r) => Ok(r),
+            Err(CallError::Unreachable(m)) => Err(RaftError::Unreachable(m)),
+            Err(CallError::Network(m)) => Err(RaftError::Network(m)),
+            Err(CallError::TooLarge(n)) => Err(RaftError::Network(format!("{n} bytes is too large"))),
+        }
+    }
+
     fn remote<E: std::error::Error>(&self, e: E) -> RemoteError<u64, Node, E> {
         RemoteError::new_with_node(self.target, self.node.clone(), e)
     }

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cluster::{ClusterHandler, ClusterStream};
+use crate::membership::Removal;
 use crate::types::{Node, TypeConfig};
 
 /// Largest frame either side sends or accepts. A log entry is at most
@@ -70,6 +71,13 @@ pub(crate) enum RpcRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     InstallSnapshot(SnapshotChunk),
+    /// Autopilot's liveness probe from the leader; answered with [`RpcResponse::Ack`]. Raft's own
+    /// heartbeats say nothing to the application about when a follower last answered.
+    Ping,
+    /// The leader removed this node from the membership (`remove-peer`, autopilot's dead-server
+    /// cleanup). The node records it durably and stops campaigning: a removed node that kept
+    /// calling elections would disturb the cluster it is no longer part of.
+    Removed { by: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +91,8 @@ pub(crate) enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<u64>, OpenraftError<u64>>),
     Vote(Result<VoteResponse<u64>, OpenraftError<u64>>),
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, OpenraftError<u64, InstallSnapshotError>>),
+    /// A control message (`Ping`, `Removed`) was handled.
+    Ack,
     /// The request was not given to Raft.
     Refused {
         kind: RefusedKind,
@@ -234,6 +244,7 @@ pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(
 pub(crate) struct RaftRpcService {
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) raft_id: u64,
+    pub(crate) removal: Arc<Removal>,
 }
 
 #[async_trait]
@@ -275,9 +286,10 @@ impl ClusterHandler for RaftRpcService {
             drop(body);
             let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
             let (raft, sender, raft_id) = (self.raft.clone(), sender.clone(), self.raft_id);
+            let removal = Arc::clone(&self.removal);
             tasks.spawn(async move {
                 let id = request.id;
-                let body = handle(&raft, raft_id, request).await;
+                let body = handle(&raft, raft_id, &removal, request).await;
                 match encode_frame(&ResponseFrame { id, body }) {
                     // A closed writer means the connection is going away; the peer sees that.
                     Ok(bytes) => {
@@ -293,7 +305,12 @@ impl ClusterHandler for RaftRpcService {
     }
 }
 
-async fn handle(raft: &Raft<TypeConfig>, raft_id: u64, request: RequestFrame) -> RpcResponse {
+async fn handle(
+    raft: &Raft<TypeConfig>,
+    raft_id: u64,
+    removal: &Removal,
+    request: RequestFrame,
+) -> RpcResponse {
     if request.target != raft_id {
         return RpcResponse::Refused {
             kind: RefusedKind::WrongNode,
@@ -308,6 +325,13 @@ async fn handle(raft: &Raft<TypeConfig>, raft_id: u64, request: RequestFrame) ->
         RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
         RpcRequest::InstallSnapshot(c) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(c.into()).await)
+        }
+        RpcRequest::Ping => RpcResponse::Ack,
+        RpcRequest::Removed { by } => {
+            if let Err(e) = removal.mark(&format!("raft node {by} removed it")).await {
+                tracing::error!("cannot record that this node was removed: {e}");
+            }
+            RpcResponse::Ack
         }
     }
 }

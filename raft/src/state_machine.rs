@@ -216,7 +216,7 @@ impl StateMachineStore {
         Ok((Self { store, shared: Arc::clone(&shared) }, shared))
     }
 
-    fn read_applied_state(&self) -> Result<AppliedState, RaftError> {
+    pub(crate) fn read_applied_state(&self) -> Result<AppliedState, RaftError> {
         let tree = self.shared.tree()?;
         let last_applied = match tree.get(KEY_LAST_APPLIED)? {
             Some(raw) => Some(decode(&raw, "the last applied log id")?),

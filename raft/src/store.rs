@@ -67,6 +67,9 @@ pub(crate) mod meta_key {
     pub(crate) const COMMITTED: &[u8] = b"committed";
     pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
     pub(crate) const SM_GENERATION: &[u8] = b"sm_generation";
+    /// Present once this node learned that it was removed from the cluster; never cleared (a
+    /// removed node rejoins only with a wiped data directory, as Vault's).
+    pub(crate) const REMOVED: &[u8] = b"removed";
 }
 
 pub(crate) fn sm_tree_name(generation: u64) -> String {
@@ -172,6 +175,16 @@ impl Store {
 
     pub(crate) fn committed_index(&self) -> u64 {
         self.committed_index.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_removed(&self) -> Result<bool, RaftError> {
+        Ok(self.meta.get(meta_key::REMOVED)?.is_some())
+    }
+
+    /// Records durably that this node was removed from the cluster.
+    pub(crate) async fn mark_removed(self: &Arc<Self>) -> Result<(), RaftError> {
+        self.meta.insert(meta_key::REMOVED, &[1u8])?;
+        self.sync().await
     }
 }
 

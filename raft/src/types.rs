@@ -30,6 +30,10 @@ pub struct Node {
     pub api_addr: String,
     /// Where peers reach this node's cluster port (Raft RPCs, request forwarding).
     pub cluster_addr: String,
+    /// Joined as a non-voter on purpose: autopilot never promotes it. A node that joined to vote
+    /// starts as a learner with this false and is promoted once stable (`autopilot.rs`).
+    #[serde(default)]
+    pub non_voter: bool,
 }
 
 impl fmt::Display for Node {

@@ -88,6 +88,7 @@ fn seal_status_json(core: &Core, st: &crate::core::SealStatus) -> Value {
         "migration": false,
         "recovery_seal": false,
         "storage_type": core.storage.name(),
+        "removed_from_cluster": core.removed_from_cluster(),
     });
     if let (Some(c), Value::Object(o)) = (&st.cluster, &mut v) {
         o.insert("cluster_name".into(), Value::String(c.name.clone()));
@@ -212,7 +213,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
             code_param(inc, "haunhealthycode", 474)?,
         ))
     })();
-    let (active, standby_code, _dr, _perf, sealed_code, uninit, _removed, _unhealthy) = match codes {
+    let (active, standby_code, _dr, _perf, sealed_code, uninit, removed_code, _unhealthy) = match codes {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -227,8 +228,11 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
     let state = core.ha_state();
     let sealed = matches!(state, HaState::Sealed);
     let standby = !state.is_active();
+    let removed = core.removed_from_cluster();
     let code = if !initialized {
         uninit
+    } else if removed {
+        removed_code
     } else if sealed {
         sealed_code
     } else if standby && !standby_ok {
@@ -253,6 +257,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
         "enterprise": false,
         "echo_duration_ms": 0,
         "clock_skew_ms": 0,
+        "removed_from_cluster": removed,
     });
     if let (Some(c), false, Value::Object(o)) = (core.cluster_info(), sealed, &mut body) {
         o.insert("cluster_name".into(), Value::String(c.name));
