@@ -54,6 +54,7 @@ async fn form_cluster() -> Cluster {
     let nodes: Vec<Node> = (1..=3).map(|i| Node::raft(&tmp.path().join(format!("n{i}")), &format!("node{i}"))).collect();
     let (keys, root) = nodes[0].client().init(1, 1).await;
     nodes[0].client().unseal(&keys).await;
+    nodes[0].client().with_token(&root).fast_autopilot().await;
     nodes[0].client().with_token(&root).mount_kv2("kv").await;
     for n in &nodes[1..] {
         let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": nodes[0].addr }))).await;

@@ -66,6 +66,7 @@ async fn three_nodes_form_a_cluster_by_join() {
 
     let (keys, root) = n1.client().init(3, 2).await;
     n1.client().unseal(&keys).await;
+    n1.client().with_token(&root).fast_autopilot().await;
     let c1 = n1.client().with_token(&root);
     c1.mount_kv2("kv").await;
 
@@ -256,6 +257,7 @@ async fn retry_join_stanza_joins_on_start() {
     let n1 = Node::raft(&tmp.path().join("n1"), "node1");
     let (keys, root) = n1.client().init(3, 2).await;
     n1.client().unseal(&keys).await;
+    n1.client().with_token(&root).fast_autopilot().await;
     let c1 = n1.client().with_token(&root);
     c1.mount_kv2("kv").await;
     let (s, v) = c1.req("POST", "kv/data/before", Some(json!({ "data": { "v": "n1" } }))).await;

@@ -29,6 +29,7 @@ async fn cluster(tmp: &std::path::Path) -> (Vec<Node>, Vec<String>, String) {
     let n3 = Node::raft(&tmp.join("n3"), "node3");
     let (keys, root) = n1.client().init(3, 2).await;
     n1.client().unseal(&keys).await;
+    n1.client().with_token(&root).fast_autopilot().await;
     n1.client().with_token(&root).mount_kv2("kv").await;
     for n in [&n2, &n3] {
         let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": n1.addr }))).await;

@@ -106,6 +106,7 @@ async fn three_hosts_join_replicate_and_survive_a_partition() {
 
     let (keys, root) = n1.client().init(3, 2).await;
     n1.client().unseal(&keys).await;
+    n1.client().with_token(&root).fast_autopilot().await;
     let c1 = n1.client().with_token(&root);
     c1.mount_kv2("kv").await;
 

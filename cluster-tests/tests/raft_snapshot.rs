@@ -133,6 +133,7 @@ async fn three_nodes_restore_reaches_every_follower() {
     let n3 = Node::raft(&tmp.path().join("n3"), "node3");
     let (keys, root) = n1.client().init(1, 1).await;
     n1.client().unseal(&keys).await;
+    n1.client().with_token(&root).fast_autopilot().await;
     let c1 = n1.client().with_token(&root);
     c1.mount_kv2("kv").await;
     for n in [&n2, &n3] {
