@@ -10,6 +10,8 @@ pub mod config;
 pub mod credential;
 pub mod core;
 pub mod error;
+pub mod forwarding;
+pub mod ha;
 pub mod http;
 pub mod kv;
 pub mod mounts;
