@@ -701,3 +701,192 @@ async fn run(app: axum::Router, req: ForwardedRequest, max_frame: usize) -> Repl
     Reply::Response(ForwardedResponse { status: parts.status.as_u16(), headers, body })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use rustls::pki_types::pem::PemObject;
+    use vaultd_raft::{ClusterListener, ClusterTls};
+
+    /// An app that echoes what it received, so a test sees exactly what the active side ran.
+    fn echo_app(tag: &'static str) -> axum::Router {
+        axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  fwd: Option<axum::Extension<Forwarded>>,
+                  headers: HeaderMap,
+                  body: axum::body::Bytes| async move {
+                let token = headers.get("x-vault-token").map(|v| v.to_str().unwrap_or("").to_string());
+                let text = format!("{tag} {method} {uri} token={token:?} forwarded={} body={}", fwd.is_some(), body.len());
+                let mut resp = (StatusCode::CREATED, text).into_response();
+                resp.headers_mut().append("set-cookie", HeaderValue::from_static("a=1"));
+                resp.headers_mut().append("set-cookie", HeaderValue::from_static("b=2"));
+                resp.headers_mut().insert("x-vault-raw", HeaderValue::from_static("yes"));
+                resp
+            },
+        )
+    }
+
+    async fn active(identity: &ForwardingIdentity, app: axum::Router) -> ClusterListener {
+        let tls = ClusterTls::generate().expect("cluster tls");
+        let listener = ClusterListener::bind("127.0.0.1:0".parse().expect("addr"), &tls).await.expect("bind");
+        listener.register_protocol(ALPN_REQUEST_FORWARDING, server_handler(identity, app).expect("handler"));
+        listener
+    }
+
+    fn request(body: Vec<u8>) -> ForwardedRequest {
+        ForwardedRequest {
+            method: "PUT".into(),
+            path_and_query: "/v1/secret/data/a?x=1".into(),
+            headers: vec![
+                ("x-vault-token".into(), b"s.root".to_vec()),
+                ("x-vault-request".into(), b"true".to_vec()),
+                ("content-type".into(), b"application/json".to_vec()),
+            ],
+            body,
+            client_addr: Some("192.0.2.1:5000".into()),
+        }
+    }
+
+    fn addr(l: &ClusterListener) -> String {
+        format!("https://{}", l.local_addr())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_is_relayed_whole() {
+        let id = ForwardingIdentity::generate().expect("identity");
+        assert!(format!("{id:?}").contains("key_der: \"<redacted>\""), "{id:?}");
+        let listener = active(&id, echo_app("one")).await;
+        let fwd = Forwarder::new();
+        // Many at once over the few pooled connections: replies are matched by id.
+        let mut set = JoinSet::new();
+        let fwd = Arc::new(fwd);
+        for i in 0..64usize {
+            let (fwd, id, to) = (Arc::clone(&fwd), id.clone(), addr(&listener));
+            set.spawn(async move { (i, fwd.forward_to(&to, &id, request(vec![7; i * 100])).await) });
+        }
+        while let Some(done) = set.join_next().await {
+            let (i, resp) = done.expect("task");
+            let resp = resp.expect("forwarded");
+            assert_eq!(resp.status, 201);
+            let body = String::from_utf8(resp.body).expect("utf8");
+            assert_eq!(
+                body,
+                format!("one PUT /v1/secret/data/a?x=1 token=Some(\"s.root\") forwarded=true body={}", i * 100)
+            );
+            let cookies: Vec<_> = resp.headers.iter().filter(|(n, _)| n == "set-cookie").map(|(_, v)| v.clone()).collect();
+            assert_eq!(cookies, vec![b"a=1".to_vec(), b"b=2".to_vec()]);
+            assert!(resp.headers.iter().any(|(n, v)| n == "x-vault-raw" && v == b"yes"));
+        }
+    }
+
+    /// Dials the active node with `config` and sends one valid request frame: `true` if a reply
+    /// came back.
+    async fn answered(to: &str, config: Arc<ClientConfig>) -> bool {
+        let Ok(Ok(mut stream)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, vaultd_raft::cluster::dial(to, config)).await
+        else {
+            return false;
+        };
+        let Ok(frame) = encode_frame(&RequestFrame { id: 1, request: request(vec![]) }, MAX_FRAME_BYTES) else {
+            return false;
+        };
+        if stream.write_all(&frame).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut stream, MAX_FRAME_BYTES)).await, Ok(Ok(Some(_))))
+    }
+
+    /// A client that trusts the active node's certificate but presents `cert`/`key` (or none).
+    fn client_presenting(trusted: &ForwardingIdentity, own: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>) -> Arc<ClientConfig> {
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert::new(trusted.cert(), &provider)));
+        let mut config = match own {
+            Some((cert, key)) => builder.with_client_auth_cert(vec![cert], key).expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN_REQUEST_FORWARDING.to_vec()];
+        Arc::new(config)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_advertised_certificate_is_accepted() {
+        let id = ForwardingIdentity::generate().expect("identity");
+        let listener = active(&id, echo_app("one")).await;
+        let to = addr(&listener);
+        assert!(answered(&to, id.client_config().expect("config")).await, "the member is served");
+
+        let stranger = ForwardingIdentity::generate().expect("identity");
+        assert!(!answered(&to, client_presenting(&id, Some((stranger.cert(), stranger.key())))).await, "a fresh self-signed certificate");
+        assert!(!answered(&to, client_presenting(&id, None)).await, "no client certificate");
+        // The cluster CA's node certificate is valid on the cluster port, but not for forwarding.
+        let cluster = ClusterTls::generate().expect("cluster tls");
+        let node_cert = CertificateDer::from_pem_slice(cluster.cert_pem.as_bytes()).expect("pem");
+        let node_key = PrivateKeyDer::from_pem_slice(cluster.key_pem.as_bytes()).expect("pem");
+        assert!(!answered(&to, client_presenting(&id, Some((node_cert, node_key)))).await, "the cluster node certificate");
+        // A standby holding another term's identity does not trust this server either.
+        assert!(!answered(&to, stranger.client_config().expect("config")).await, "a stale identity");
+        assert!(Forwarder::new().forward_to(&to, &stranger, request(vec![])).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconnects_when_the_identity_changes() {
+        let first = ForwardingIdentity::generate().expect("identity");
+        let listener = active(&first, echo_app("first")).await;
+        let to = addr(&listener);
+        let fwd = Forwarder::new();
+        for _ in 0..4 {
+            let resp = fwd.forward_to(&to, &first, request(vec![])).await.expect("first term");
+            assert!(resp.body.starts_with(b"first "));
+        }
+        // A new term on the same node: new identity, new handler. Pooled connections of the old
+        // term are replaced, not reused.
+        let second = ForwardingIdentity::generate().expect("identity");
+        listener.register_protocol(ALPN_REQUEST_FORWARDING, server_handler(&second, echo_app("second")).expect("handler"));
+        for _ in 0..4 {
+            let resp = fwd.forward_to(&to, &second, request(vec![])).await.expect("second term");
+            assert!(resp.body.starts_with(b"second "), "{:?}", String::from_utf8_lossy(&resp.body));
+        }
+        // The active node moves: the old listener goes away, another node serves a third term.
+        drop(listener);
+        let third = ForwardingIdentity::generate().expect("identity");
+        let moved = active(&third, echo_app("third")).await;
+        assert!(fwd.forward_to(&to, &second, request(vec![])).await.is_err(), "the old active is gone");
+        let resp = fwd.forward_to(&addr(&moved), &third, request(vec![])).await.expect("third term");
+        assert!(resp.body.starts_with(b"third "));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_no_longer_active_refuses_and_frames_are_bounded() {
+        let id = ForwardingIdentity::generate().expect("identity");
+        let refusing = axum::Router::new().fallback(|| async {
+            let mut resp = StatusCode::SERVICE_UNAVAILABLE.into_response();
+            resp.extensions_mut().insert(NotActive);
+            resp
+        });
+        let listener = active(&id, refusing).await;
+        let to = addr(&listener);
+        let err = Forwarder::new().forward_to(&to, &id, request(vec![])).await.expect_err("not active");
+        assert!(err.to_string().contains("not active"), "{err}");
+
+        // Too large to send: refused before it leaves, and the pool stays usable.
+        let small = Forwarder::with_max_frame(4096);
+        assert!(small.forward_to(&to, &id, request(vec![1; 8192])).await.is_err());
+        let err = small.forward_to(&to, &id, request(vec![1; 16])).await.expect_err("not active");
+        assert!(err.to_string().contains("not active"), "{err}");
+
+        // A frame announcing more than the bound: the active node closes the connection without
+        // reading (or allocating) it.
+        let mut stream = vaultd_raft::cluster::dial(&to, id.client_config().expect("config")).await.expect("dial");
+        stream.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        stream.flush().await.expect("flush");
+        let read = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut stream, MAX_FRAME_BYTES)).await.expect("closed in time");
+        assert!(!matches!(read, Ok(Some(_))), "no reply to an oversized frame");
+    }
+}
