@@ -467,13 +467,16 @@ struct Target {
     generation: u64,
 }
 
+/// A pooled connection and the generation of [`Target`] it was made for.
+type Pooled = (u64, Arc<Conn>);
+
 /// Standby side: pooled mTLS connections to the active node's cluster port, ALPN
 /// `req_fw_sb-act_v1`, trusting exactly `leader.identity.cert_der` and presenting the same
 /// cert/key as client certificate (as Vault does). Reconnects when the advertisement changes.
 /// Bounded pool, bounded frame size, timeouts.
 pub struct Forwarder {
     target: Mutex<Option<Target>>,
-    slots: Vec<tokio::sync::Mutex<Option<(u64, Arc<Conn>)>>>,
+    slots: Vec<tokio::sync::Mutex<Option<Pooled>>>,
     next_slot: AtomicUsize,
     max_frame: usize,
 }
@@ -525,8 +528,7 @@ impl Forwarder {
             let result = conn
                 .call(|id| {
                     let request = req.take().ok_or_else(|| Error::internal("forwarded request already sent"))?;
-                    let frame = encode_frame(&RequestFrame { id, request }, max);
-                    frame
+                    encode_frame(&RequestFrame { id, request }, max)
                 })
                 .await;
             let reply = match result {
