@@ -26,7 +26,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -157,12 +157,16 @@ pub struct Core {
     /// Whether that refresh happened as leader.
     synced_as_leader: AtomicBool,
     follower_sync: Mutex<()>,
+    /// Active or standby (`ha`).
+    pub(crate) ha: crate::ha::Ha,
+    /// This core, for the background tasks it starts (they must not keep it alive).
+    me: Weak<Core>,
 }
 
 impl Core {
     pub fn new(cfg: CoreConfig) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(cfg.physical.clone()));
-        Arc::new(Core {
+        Arc::new_cyclic(|me| Core {
             physical: cfg.physical,
             tokens: Arc::new(TokenStore::new(View::new(barrier.clone(), "sys/token/"))),
             policies: PolicyStore::new(View::new(barrier.clone(), "sys/policy/")),
@@ -184,10 +188,16 @@ impl Core {
             follower_synced: AtomicU64::new(0),
             synced_as_leader: AtomicBool::new(false),
             follower_sync: Mutex::new(()),
+            ha: crate::ha::Ha::default(),
+            me: me.clone(),
         })
     }
 
-    fn core_view(&self) -> View {
+    pub(crate) fn weak(&self) -> Weak<Core> {
+        self.me.clone()
+    }
+
+    pub(crate) fn core_view(&self) -> View {
         View::new(self.barrier.clone(), "core/")
     }
 
@@ -212,6 +222,12 @@ impl Core {
 
     pub fn active_since(&self) -> Option<String> {
         self.active_since.read().ok().and_then(|c| c.clone())
+    }
+
+    pub(crate) fn set_active_since(&self, since: Option<String>) {
+        if let Ok(mut a) = self.active_since.write() {
+            *a = since;
+        }
     }
 
     /// The seal configuration: the stored one, else that of the cluster a pending raft join is
@@ -480,6 +496,13 @@ impl Core {
         Ok(())
     }
 
+    /// A node that just became Raft leader refreshes its caches and routes once: it applied the
+    /// old leader's entries as a follower.
+    pub(crate) async fn refresh_as_new_leader(&self) -> Result<()> {
+        self.synced_as_leader.store(false, Ordering::Release);
+        self.sync_follower().await
+    }
+
     /// Loads everything a serving node needs, then marks it ready.
     async fn post_unseal(&self) -> Result<()> {
         // The cluster port first: a member of a larger cluster needs it to find its leader.
@@ -510,13 +533,15 @@ impl Core {
         if let Ok(mut c) = self.cluster.write() {
             *c = info;
         }
-        if let Ok(mut a) = self.active_since.write() {
-            *a = Some(crate::kv::now_rfc3339());
+        if self.raft().is_none() {
+            self.set_active_since(Some(crate::kv::now_rfc3339()));
         }
         // Last before ready: nothing can fail after the tidy starts, so a failed unseal never
-        // leaves it running against a sealed barrier.
-        let raft = self.raft().cloned();
-        self.tokens.start_tidy(Arc::new(move || raft.as_ref().is_none_or(|r| r.status().is_leader)));
+        // leaves it running against a sealed barrier. The tidy writes, so only the active node
+        // runs it; a node that leads becomes active in `start_ha`, before it reports unsealed.
+        let me = self.weak();
+        self.tokens.start_tidy(Arc::new(move || me.upgrade().is_some_and(|c| c.ha_state().is_active())));
+        self.start_ha().await;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -546,13 +571,17 @@ impl Core {
         let mut life = self.lifecycle.lock().await;
         *life = None;
         self.ready.store(false, Ordering::Release);
-        self.router.clear();
         self.tokens.stop_tidy();
+        // While the barrier is still open: the active node removes its advertisement.
+        self.stop_ha().await;
+        self.router.clear();
         self.tokens.clear_cache();
         self.policies.invalidate();
         self.barrier.seal();
-        if let Ok(mut a) = self.active_since.write() {
-            *a = None;
+        self.set_active_since(None);
+        // A sealed node takes no part in Raft; a sealed leader's followers elect another.
+        if let Some(raft) = self.raft() {
+            raft.stop_cluster().await;
         }
         tracing::info!("core: vault is sealed");
         Ok(())
@@ -655,6 +684,13 @@ impl Core {
     pub async fn handle_request(&self, req: &Request) -> Result<Option<Response>> {
         if self.is_sealed() {
             return Err(Error::Sealed);
+        }
+        // A Raft leader that is not active (becoming active, stepping down, or past its lease)
+        // serves nothing: its reads may be stale and its writes must not be acknowledged.
+        if let Some(raft) = self.raft() {
+            if raft.leader_state_and_applied().0 && !self.ha_state().is_active() {
+                return Err(Error::Unavailable("node is not active".into()));
+            }
         }
         self.sync_follower().await?;
         let (target, mount_point) = self.target(&req.path);

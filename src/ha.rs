@@ -1,7 +1,57 @@
-//! PLACEHOLDER until branch `ha` is merged (it owns this file): just the interface types the
-//! forwarding code is written against. `ha_state` says Active, so nothing is forwarded.
+//! High availability on integrated storage: which node is active.
+//!
+//! The Raft leader is the active node, once it has proven its leadership and finished becoming
+//! active; every other unsealed node is a standby (Vault: `vault/ha.go`, where the HA lock on
+//! Raft is Raft leadership itself). A sealed node is neither and takes no part in Raft.
+//!
+//! One background task per unsealed node (started at unseal, aborted at seal) follows the Raft
+//! status watch and a short tick:
+//! - Raft leader, not yet active: prove leadership (a quorum round that also applies everything
+//!   committed before this term), refresh caches and routes, generate a fresh forwarding identity,
+//!   write the [`LeaderAdvertisement`] at `core/leader/<uuid>` through the barrier, delete older
+//!   ones, register the forwarding handler on the cluster port, and only then report Active.
+//! - Active, leadership lost: report Standby at once and unregister the forwarding handler.
+//! - Standby: keep the advertisement of the current leader (re-read when the leader or term
+//!   changes, and while none is found, when entries were applied).
+//!
+//! The leader lease: [`Core::ha_state`] reports Active only while a quorum acknowledged this node
+//! less than [`LEASE`] ago. Followers elect no sooner than ~1.2 s after the last heartbeat they
+//! saw (raft/src/lib.rs, "Timing"), so an active node that is cut off stops serving before another
+//! node can be elected: never two active nodes acknowledging. It is checked on every call, not by
+//! the task, so it holds even if the task is late.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use vaultd_raft::cluster::ALPN_REQUEST_FORWARDING;
+use vaultd_raft::{RaftNode, RaftStatus};
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::forwarding::{self, ForwardingIdentity};
+
+/// Where advertisements live, below `core/`.
+pub const ADVERTISEMENT_PREFIX: &str = "leader/";
+/// Longest time since a quorum's acknowledgement for which a leader still serves. Below the
+/// ~1.2 s before followers may elect another leader, with margin for a late metrics report.
+pub const LEASE: Duration = Duration::from_millis(800);
+/// How often the task looks at the state besides the Raft status watch.
+const TICK: Duration = Duration::from_millis(50);
+/// Upper bound on becoming active (the quorum round, the cache refresh, the advertisement).
+const BECOME_ACTIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed attempt to become active, so a persistent failure does not spin.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How long a step-down waits for another node to lead before this one may lead again.
+pub const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on removing an advertisement when leaving (seal, step-down); best effort.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Advertisements read or deleted at once. A new leader deletes the older ones, so there are
+/// only ever a few; this bounds the work if something left many behind.
+const MAX_ADVERTISEMENTS: usize = 64;
+/// While a standby has no advertisement for its leader, how often it re-reads at most.
+const REREAD_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the active node writes at `core/leader/<uuid>` through the barrier.
 #[derive(Clone, Serialize, Deserialize)]
@@ -9,18 +59,392 @@ pub struct LeaderAdvertisement {
     pub uuid: String,
     pub api_addr: String,
     pub cluster_addr: String,
-    pub identity: crate::forwarding::ForwardingIdentity,
+    pub identity: ForwardingIdentity,
+    /// RFC 3339.
     pub active_since: String,
 }
 
+impl std::fmt::Debug for LeaderAdvertisement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderAdvertisement")
+            .field("uuid", &self.uuid)
+            .field("api_addr", &self.api_addr)
+            .field("cluster_addr", &self.cluster_addr)
+            .field("active_since", &self.active_since)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
 pub enum HaState {
     Sealed,
     Active,
-    Standby { leader: Option<std::sync::Arc<LeaderAdvertisement>> },
+    /// Unsealed and not active; `leader` is the active node's advertisement, if known.
+    Standby { leader: Option<Arc<LeaderAdvertisement>> },
 }
 
-impl crate::core::Core {
+impl HaState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, HaState::Active)
+    }
+}
+
+/// A node's HA bookkeeping, inside [`Core`].
+#[derive(Default)]
+pub struct Ha {
+    inner: RwLock<Inner>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The node's HTTP app, which the forwarding handler runs forwarded requests through.
+    app: RwLock<Option<axum::Router>>,
+    /// During a step-down: this node must not become active again until it ends.
+    stepping_down: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// This node's own advertisement while it is active.
+    own: Option<Arc<LeaderAdvertisement>>,
+    /// On a standby: the active node's advertisement.
+    leader: Option<Arc<LeaderAdvertisement>>,
+    /// The (term, leader node id) `leader` was looked up for.
+    looked_up_for: Option<(u64, String)>,
+    /// The applied index and time of the last lookup that found nothing.
+    last_miss: Option<(u64, Instant)>,
+}
+
+impl Ha {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_app(&self, app: axum::Router) {
+        *self.app.write().unwrap_or_else(|p| p.into_inner()) = Some(app);
+    }
+
+    /// This node's advertisement while it is active (lease aside).
+    pub fn own(&self) -> Option<Arc<LeaderAdvertisement>> {
+        self.read().own.clone()
+    }
+}
+
+/// Whether `raft` may serve as leader now: it leads, and (with other voters) a quorum
+/// acknowledged it within the lease.
+fn holds_lease(raft: &RaftNode) -> bool {
+    if !raft.leader_state_and_applied().0 {
+        return false;
+    }
+    raft.voter_count() <= 1 || raft.quorum_ack_age().is_some_and(|age| age < LEASE)
+}
+
+/// The HA state as a pure function of its inputs, for [`Core::ha_state`] and its tests.
+fn state_of(
+    sealed: bool,
+    ha_enabled: bool,
+    own: Option<&Arc<LeaderAdvertisement>>,
+    leased: impl FnOnce() -> bool,
+    leader: Option<&Arc<LeaderAdvertisement>>,
+) -> HaState {
+    if sealed {
+        return HaState::Sealed;
+    }
+    if !ha_enabled {
+        return HaState::Active;
+    }
+    match own {
+        Some(_) if leased() => HaState::Active,
+        // Leader whose lease lapsed: it knows no other active node yet.
+        Some(_) => HaState::Standby { leader: None },
+        None => HaState::Standby { leader: leader.cloned() },
+    }
+}
+
+/// Among advertisements, the newest one of the node `leader` (matched by cluster address), never
+/// this node's own.
+fn pick_advertisement(
+    ads: Vec<LeaderAdvertisement>,
+    leader_cluster_addr: &str,
+    own_cluster_addr: &str,
+) -> Option<LeaderAdvertisement> {
+    ads.into_iter()
+        .filter(|a| a.cluster_addr == leader_cluster_addr && a.cluster_addr != own_cluster_addr)
+        .max_by(|a, b| a.active_since.cmp(&b.active_since))
+}
+
+impl Core {
+    /// The node's HA state. Cheap: called on every request.
     pub fn ha_state(&self) -> HaState {
-        HaState::Active
+        let raft = self.raft();
+        let inner = self.ha.read();
+        state_of(
+            self.is_sealed(),
+            raft.is_some(),
+            inner.own.as_ref(),
+            || raft.is_some_and(|r| holds_lease(r)),
+            inner.leader.as_ref(),
+        )
+    }
+
+    /// Gives the HA machinery the node's HTTP app (forwarded requests run through it).
+    /// Registers the forwarding handler at once if this node is already active (dev mode
+    /// unseals before the listeners exist).
+    pub fn set_http_app(&self, app: axum::Router) -> Result<()> {
+        self.ha.set_app(app.clone());
+        if let (Some(own), Some(raft)) = (self.ha.own(), self.raft()) {
+            raft.register_protocol(ALPN_REQUEST_FORWARDING, forwarding::server_handler(&own.identity, app)?)?;
+        }
+        Ok(())
+    }
+
+    /// At the end of unseal: one HA step now (a node that leads becomes active before it reports
+    /// unsealed), then the background task.
+    pub(crate) async fn start_ha(&self) {
+        let Some(raft) = self.raft().cloned() else { return };
+        self.ha_step(&raft).await;
+        let weak = self.weak();
+        let handle = tokio::spawn(ha_loop(weak, raft.subscribe()));
+        let old = self.ha.task.lock().unwrap_or_else(|p| p.into_inner()).replace(handle);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// At seal: stop the task and stop being active; removes this node's advertisement (best
+    /// effort, bounded) while the barrier is still open.
+    pub(crate) async fn stop_ha(&self) {
+        let task = self.ha.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+        }
+        let own = self.leave_active("sealing");
+        if let Some(own) = own {
+            self.delete_advertisement(&own.uuid).await;
+        }
+        let mut inner = self.ha.write();
+        inner.leader = None;
+        inner.looked_up_for = None;
+        inner.last_miss = None;
+    }
+
+    /// `sys/step-down` on the active node: stop being active at once, remove the advertisement,
+    /// and let another node take leadership (in the background; the request returns at once).
+    pub async fn step_down(&self) -> Result<()> {
+        let Some(raft) = self.raft().cloned() else { return Ok(()) };
+        if !self.ha_state().is_active() {
+            return Err(Error::Unavailable("node is not active".into()));
+        }
+        if self.ha.stepping_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let own = self.leave_active("step-down requested");
+        if let Some(own) = own {
+            self.delete_advertisement(&own.uuid).await;
+        }
+        let weak = self.weak();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let handed = raft.step_down(STEP_DOWN_TIMEOUT).await;
+            tracing::info!(handed, elapsed_ms = started.elapsed().as_millis() as u64, "ha: step-down finished");
+            if let Some(core) = weak.upgrade() {
+                core.ha.stepping_down.store(false, Ordering::Release);
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops being active (no storage writes: the node may have lost its quorum). Returns the
+    /// advertisement it had, if it was active.
+    fn leave_active(&self, why: &str) -> Option<Arc<LeaderAdvertisement>> {
+        let own = self.ha.write().own.take();
+        if own.is_some() {
+            if let Some(raft) = self.raft() {
+                raft.unregister_protocol(ALPN_REQUEST_FORWARDING);
+            }
+            self.set_active_since(None);
+            tracing::info!(reason = why, "ha: stopped active operation, now standby");
+        }
+        own
+    }
+
+    async fn delete_advertisement(&self, uuid: &str) {
+        let key = format!("{ADVERTISEMENT_PREFIX}{uuid}");
+        match tokio::time::timeout(CLEANUP_TIMEOUT, self.core_view().delete(&key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "ha: removing the leader advertisement failed"),
+            Err(_) => tracing::debug!("ha: removing the leader advertisement timed out"),
+        }
+    }
+
+    /// One look at the Raft state; see the module docs.
+    async fn ha_step(&self, raft: &Arc<RaftNode>) {
+        let st = raft.status();
+        if self.ha.read().own.is_some() {
+            if !st.is_leader {
+                self.leave_active("raft leadership lost");
+            }
+            return;
+        }
+        if st.is_leader {
+            if self.ha.stepping_down.load(Ordering::Acquire) {
+                return;
+            }
+            match tokio::time::timeout(BECOME_ACTIVE_TIMEOUT, self.become_active(raft)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ha: becoming active failed; will retry");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(_) => {
+                    tracing::warn!("ha: becoming active timed out; will retry");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+            return;
+        }
+        self.refresh_leader(&st).await;
+    }
+
+    async fn become_active(&self, raft: &Arc<RaftNode>) -> Result<()> {
+        raft.wait_for_leader(BECOME_ACTIVE_TIMEOUT).await?;
+        self.refresh_as_new_leader().await?;
+        let ad = LeaderAdvertisement {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            api_addr: self.api_addr.clone(),
+            cluster_addr: self.cluster_addr.clone(),
+            identity: ForwardingIdentity::generate()?,
+            active_since: crate::kv::now_rfc3339(),
+        };
+        let view = self.core_view();
+        view.put_json(&format!("{ADVERTISEMENT_PREFIX}{}", ad.uuid), &ad).await?;
+        let old = view.list(ADVERTISEMENT_PREFIX).await?;
+        for uuid in old.iter().filter(|u| **u != ad.uuid).take(MAX_ADVERTISEMENTS) {
+            view.delete(&format!("{ADVERTISEMENT_PREFIX}{uuid}")).await?;
+        }
+        let app = self.ha.app.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(app) = app {
+            raft.register_protocol(ALPN_REQUEST_FORWARDING, forwarding::server_handler(&ad.identity, app)?)?;
+        }
+        // Leadership may have moved while this ran; the next step notices and leaves again.
+        self.set_active_since(Some(ad.active_since.clone()));
+        let mut inner = self.ha.write();
+        inner.own = Some(Arc::new(ad));
+        inner.leader = None;
+        inner.looked_up_for = None;
+        drop(inner);
+        tracing::info!("ha: this node is now active");
+        Ok(())
+    }
+
+    /// On a standby: finds the current leader's advertisement.
+    async fn refresh_leader(&self, st: &RaftStatus) {
+        let key = st.leader.as_ref().map(|n| (st.term, n.node_id.clone()));
+        let (same_key, have, last_miss) = {
+            let inner = self.ha.read();
+            (inner.looked_up_for == key, inner.leader.is_some(), inner.last_miss)
+        };
+        if same_key && have {
+            return;
+        }
+        if same_key {
+            if let Some((applied, at)) = last_miss {
+                if applied == st.applied_index && at.elapsed() < REREAD_INTERVAL * 5 {
+                    return;
+                }
+                if at.elapsed() < REREAD_INTERVAL {
+                    return;
+                }
+            }
+        }
+        let found = match &st.leader {
+            None => None,
+            Some(node) => match self.read_advertisements().await {
+                Ok(ads) => pick_advertisement(ads, &node.cluster_addr, &self.cluster_addr).map(Arc::new),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ha: reading the leader advertisement failed");
+                    None
+                }
+            },
+        };
+        let mut inner = self.ha.write();
+        inner.last_miss = if found.is_none() { Some((st.applied_index, Instant::now())) } else { None };
+        inner.leader = found;
+        inner.looked_up_for = key;
+    }
+
+    async fn read_advertisements(&self) -> Result<Vec<LeaderAdvertisement>> {
+        let view = self.core_view();
+        let mut ads = Vec::new();
+        for uuid in view.list(ADVERTISEMENT_PREFIX).await?.iter().take(MAX_ADVERTISEMENTS) {
+            if let Some(ad) = view.get_json::<LeaderAdvertisement>(&format!("{ADVERTISEMENT_PREFIX}{uuid}")).await? {
+                ads.push(ad);
+            }
+        }
+        Ok(ads)
+    }
+}
+
+async fn ha_loop(core: Weak<Core>, mut status: tokio::sync::watch::Receiver<RaftStatus>) {
+    loop {
+        {
+            let Some(core) = core.upgrade() else { return };
+            let Some(raft) = core.raft().cloned() else { return };
+            core.ha_step(&raft).await;
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ad(cluster: &str, since: &str) -> LeaderAdvertisement {
+        LeaderAdvertisement {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            api_addr: format!("http://{cluster}"),
+            cluster_addr: format!("https://{cluster}"),
+            identity: ForwardingIdentity { cert_der: vec![1], key_der: zeroize::Zeroizing::new(vec![2]) },
+            active_since: since.into(),
+        }
+    }
+
+    #[test]
+    fn states_follow_seal_leadership_and_lease() {
+        let own = Arc::new(ad("a:1", "2026-01-01T00:00:00Z"));
+        let other = Arc::new(ad("b:1", "2026-01-01T00:00:00Z"));
+        assert!(matches!(state_of(true, true, Some(&own), || true, None), HaState::Sealed));
+        assert!(matches!(state_of(false, false, None, || false, None), HaState::Active));
+        assert!(matches!(state_of(false, true, Some(&own), || true, None), HaState::Active));
+        // The lease lapsed: serves nothing, knows no active node.
+        assert!(matches!(state_of(false, true, Some(&own), || false, Some(&other)), HaState::Standby { leader: None }));
+        match state_of(false, true, None, || true, Some(&other)) {
+            HaState::Standby { leader: Some(l) } => assert_eq!(l.uuid, other.uuid),
+            s => panic!("unexpected {s:?}"),
+        }
+        assert!(matches!(state_of(false, true, None, || true, None), HaState::Standby { leader: None }));
+    }
+
+    #[test]
+    fn standby_picks_the_newest_advertisement_of_the_raft_leader() {
+        let old = ad("b:1", "2026-01-01T00:00:00Z");
+        let new = ad("b:1", "2026-01-01T00:00:05Z");
+        let elsewhere = ad("c:1", "2026-01-01T00:00:09Z");
+        let mine = ad("a:1", "2026-01-01T00:00:10Z");
+        let got = pick_advertisement(vec![old, new.clone(), elsewhere, mine.clone()], "https://b:1", "https://a:1");
+        assert_eq!(got.map(|a| a.uuid), Some(new.uuid));
+        assert!(pick_advertisement(vec![mine], "https://a:1", "https://a:1").is_none(), "a stale advertisement of this node is ignored");
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let a = ad("a:1", "x");
+        let s = format!("{a:?}");
+        assert!(!s.contains("key_der") && !s.contains("identity"), "{s}");
     }
 }

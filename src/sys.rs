@@ -62,6 +62,11 @@ pub async fn handle(core: &Core, req: &Request) -> Result<Option<Response>> {
     let path = path.trim_end_matches('/');
     match (path, req.op) {
         (p, _) if p.starts_with("storage/raft/") => crate::sys_raft::handle(core, req, &p["storage/raft/".len()..]).await,
+        ("step-down", Operation::Update) => {
+            core.step_down().await?;
+            Ok(None)
+        }
+        ("ha-status", Operation::Read) => ha_status(core),
         ("mounts", Operation::Read) => list_mounts(core).await,
         ("mounts", Operation::List) => list_mounts(core).await,
         (p, op) if p.starts_with("mounts/") => {
@@ -544,6 +549,47 @@ fn capabilities(acl: &Acl, req: &Request) -> Result<Option<Response>> {
         }
     }
     let mut r = Response::data(data);
+    r.inject_data_at_top = true;
+    Ok(Some(r))
+}
+
+/// `sys/ha-status`: the cluster's nodes from the Raft configuration, the active one marked, with
+/// when each other node last answered the active node (Vault: the last echo heartbeat). A standby
+/// forwards this request; answered on a standby anyway, it knows no contact times (`null`).
+fn ha_status(core: &Core) -> Result<Option<Response>> {
+    let Some(raft) = core.raft() else {
+        return Err(Error::bad_request("node is not in HA cluster mode"));
+    };
+    let active = core.ha_state().is_active();
+    let contact = raft.peer_contact();
+    let leader_id = raft.status().leader.map(|n| n.node_id);
+    let now = time::OffsetDateTime::now_utc();
+    let mut nodes: Vec<Value> = raft
+        .configuration()
+        .into_iter()
+        .map(|p| {
+            let is_self = p.raft_id == raft.raft_id();
+            let active_node = if is_self { active } else { !active && leader_id.as_deref() == Some(p.node_id.as_str()) };
+            let last_echo = match contact.get(&p.raft_id).copied().flatten() {
+                Some(age) if !is_self => {
+                    let at = now - time::Duration::try_from(age).unwrap_or(time::Duration::ZERO);
+                    Value::String(at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+                }
+                _ => Value::Null,
+            };
+            json!({
+                "hostname": p.node_id,
+                "api_address": p.api_addr,
+                "cluster_address": format!("https://{}", p.address),
+                "active_node": active_node,
+                "last_echo": last_echo,
+                "version": crate::API_VERSION,
+                "upgrade_version": crate::API_VERSION,
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a["api_address"].as_str().cmp(&b["api_address"].as_str()));
+    let mut r = Response::from_value(json!({ "nodes": nodes }));
     r.inject_data_at_top = true;
     Ok(Some(r))
 }

@@ -99,7 +99,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError as OpenraftError};
@@ -174,6 +174,12 @@ pub struct RaftNode {
     protocols: Protocols,
     /// The cluster port, once started. An async lock: starting it binds a socket.
     cluster: tokio::sync::Mutex<Option<ClusterListener>>,
+    /// [`RaftStatus`] as of openraft's last metrics report, for [`RaftNode::subscribe`].
+    status_tx: tokio::sync::watch::Sender<RaftStatus>,
+    /// When the watch task last saw the metrics, and `millis_since_quorum_ack` then: openraft
+    /// reports that age only when it reports metrics, so the true age is that plus the time
+    /// since (see [`RaftNode::quorum_ack_age`]).
+    quorum_ack: Arc<Mutex<(Instant, Option<u64>)>>,
     /// `None` once shut down: reads and writes then fail with `Unavailable`.
     open: RwLock<Option<Open>>,
 }
@@ -226,6 +232,17 @@ impl RaftNode {
         let protocols = Protocols::default();
         protocols.insert(ALPN_RAFT, Arc::new(RaftRpcService { raft: raft.clone(), raft_id }));
         tracing::info!(raft_id, node = %node, voters = voters.len(), "raft storage opened");
+        let initial = status_from(&raft.metrics().borrow(), raft_id, &node.node_id, 0);
+        let (status_tx, _) = tokio::sync::watch::channel(initial);
+        let quorum_ack = Arc::new(Mutex::new((Instant::now(), None)));
+        tokio::spawn(watch_metrics(
+            raft.metrics(),
+            status_tx.clone(),
+            Arc::clone(&quorum_ack),
+            Arc::downgrade(&store),
+            raft_id,
+            node.node_id.clone(),
+        ));
         Ok(Arc::new(RaftNode {
             raft,
             raft_id,
@@ -233,8 +250,78 @@ impl RaftNode {
             transport,
             protocols,
             cluster: tokio::sync::Mutex::new(None),
+            status_tx,
+            quorum_ack,
             open: RwLock::new(Some(Open { store, reads, proposer })),
         }))
+    }
+
+    /// A watch of this node's [`RaftStatus`], updated at every openraft metrics report (leader
+    /// changes, applies, commits, and the leader's quorum acknowledgements). It closes when Raft
+    /// shuts down.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<RaftStatus> {
+        self.status_tx.subscribe()
+    }
+
+    /// On a leader: how long ago a quorum last acknowledged it, at least (`None`: not leader, or
+    /// no acknowledgement yet this term). Unlike [`RaftStatus::millis_since_quorum_ack`] it keeps
+    /// growing while openraft reports nothing, which is what a leader cut off from its peers
+    /// needs to notice that it must stop serving.
+    pub fn quorum_ack_age(&self) -> Option<Duration> {
+        let (seen, ms) = *self.quorum_ack.lock().unwrap_or_else(|p| p.into_inner());
+        ms.map(|ms| Duration::from_millis(ms) + seen.elapsed())
+    }
+
+    /// The number of voters in the current membership.
+    pub fn voter_count(&self) -> usize {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().count()
+    }
+
+    /// Takes this node out of the cluster's traffic while it is sealed: closes the cluster port
+    /// and every outgoing connection, and stops elections and heartbeats, so a sealed leader's
+    /// followers time out and elect another node. [`RaftNode::start_cluster`] undoes it.
+    pub async fn stop_cluster(&self) {
+        let rc = self.raft.runtime_config();
+        rc.elect(false);
+        rc.heartbeat(false);
+        if let Some(listener) = self.cluster.lock().await.take() {
+            listener.shutdown();
+        }
+        self.transport.close();
+        tracing::info!(raft_id = self.raft_id, "raft cluster transport stopped");
+    }
+
+    /// Hands leadership away (openraft 0.9 has no leadership transfer): stops sending heartbeats
+    /// and standing for election, so the followers time out and elect one of themselves, waits
+    /// (bounded by `timeout`) until another node leads, then takes part again. Returns whether
+    /// another node took over. Callers stop writing first: an append would be a heartbeat too.
+    pub async fn step_down(&self, timeout: Duration) -> bool {
+        if !self.status().is_leader {
+            return true;
+        }
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        let me = self.raft_id;
+        let handed = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "another node leads",
+            )
+            .await
+            .is_ok();
+        // Only a node whose cluster port still runs may campaign (it may have been sealed
+        // meanwhile, which stops both).
+        if self.transport.is_started() {
+            rc.heartbeat(true);
+            rc.elect(true);
+        }
+        tracing::info!(raft_id = me, handed, "raft step-down finished");
+        handed
     }
 
     /// Starts the cluster port on `bind` (Vault's `cluster_address`; peers reach it at this
@@ -268,6 +355,7 @@ impl RaftNode {
             }
         };
         self.transport.set_tls(client);
+        self.raft.runtime_config().heartbeat(true);
         self.raft.runtime_config().elect(true);
         tracing::info!(raft_id = self.raft_id, %local_addr, "raft cluster transport started");
         Ok(local_addr)
@@ -289,6 +377,13 @@ impl RaftNode {
         }
         self.protocols.insert(alpn, handler);
         Ok(())
+    }
+
+    /// Stops serving `alpn` on new connections (Raft's own name is left alone).
+    pub fn unregister_protocol(&self, alpn: &[u8]) {
+        if alpn != ALPN_RAFT {
+            self.protocols.remove(alpn);
+        }
     }
 
     /// True once this node's Raft has a membership (it was bootstrapped or has joined).
@@ -357,24 +452,26 @@ impl RaftNode {
     }
 
     pub fn status(&self) -> RaftStatus {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader =
-            m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         let committed_index = match self.open.read() {
             Ok(open) => open.as_ref().map(|o| o.store.committed_index()).unwrap_or(0),
             Err(_) => 0,
         };
-        RaftStatus {
-            node_id: self.node.node_id.clone(),
-            raft_id: self.raft_id,
-            is_leader: m.state == ServerState::Leader && m.current_leader == Some(self.raft_id),
-            millis_since_quorum_ack: m.millis_since_quorum_ack,
-            leader,
-            term: m.current_term,
-            committed_index,
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        status_from(&m, self.raft_id, &self.node.node_id, committed_index)
+    }
+
+    /// On the leader: how long ago each other member last acknowledged a message from it
+    /// (`None`: never this term), by raft id. Empty on a follower.
+    pub fn peer_contact(&self) -> BTreeMap<u64, Option<Duration>> {
+        if !self.status().is_leader {
+            return BTreeMap::new();
         }
+        self.configuration()
+            .iter()
+            .filter(|p| p.raft_id != self.raft_id)
+            .map(|p| (p.raft_id, self.transport.last_answer(p.raft_id)))
+            .collect()
     }
 
     /// Whether this node is in the leader state, and its last applied index: the cheap part of
@@ -448,6 +545,58 @@ impl RaftNode {
             }
         };
         propose(queue, ops).await
+    }
+}
+
+fn status_from(
+    m: &openraft::RaftMetrics<u64, Node>,
+    raft_id: u64,
+    node_id: &str,
+    committed_index: u64,
+) -> RaftStatus {
+    let leader =
+        m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+    RaftStatus {
+        node_id: node_id.to_string(),
+        raft_id,
+        is_leader: m.state == ServerState::Leader && m.current_leader == Some(raft_id),
+        millis_since_quorum_ack: m.millis_since_quorum_ack,
+        leader,
+        term: m.current_term,
+        committed_index,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+    }
+}
+
+/// Republishes openraft's metrics as [`RaftStatus`] and stamps the quorum acknowledgement age
+/// with the time it was seen. One task per node; it ends when Raft shuts down (the metrics
+/// channel closes). Holds the store weakly so that shutdown can release the database.
+async fn watch_metrics(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, Node>>,
+    tx: tokio::sync::watch::Sender<RaftStatus>,
+    quorum_ack: Arc<Mutex<(Instant, Option<u64>)>>,
+    store: Weak<Store>,
+    raft_id: u64,
+    node_id: String,
+) {
+    loop {
+        let committed = store.upgrade().map(|s| s.committed_index()).unwrap_or(0);
+        let status = {
+            let m = metrics.borrow_and_update();
+            status_from(&m, raft_id, &node_id, committed)
+        };
+        *quorum_ack.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Instant::now(), if status.is_leader { status.millis_since_quorum_ack } else { None });
+        tx.send_if_modified(|cur| {
+            let changed = *cur != status;
+            if changed {
+                *cur = status;
+            }
+            changed
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

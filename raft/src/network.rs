@@ -98,6 +98,9 @@ struct TransportInner {
     /// unreachable.
     tls: RwLock<Option<Arc<ClientConfig>>>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// When each peer last answered an AppendEntries (what `sys/ha-status` shows as a node's
+    /// last echo). One entry per peer ever contacted; a handful in a cluster.
+    answered: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl Transport {
@@ -106,6 +109,7 @@ impl Transport {
             inner: Arc::new(TransportInner {
                 tls: RwLock::new(None),
                 peers: Mutex::new(HashMap::new()),
+                answered: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -127,6 +131,12 @@ impl Transport {
         for peer in peers.values() {
             peer.close("this node is shutting down");
         }
+    }
+
+    /// How long ago `target` last answered an AppendEntries from this node, if ever.
+    pub(crate) fn last_answer(&self, target: u64) -> Option<Duration> {
+        let answered = self.inner.answered.lock().unwrap_or_else(|p| p.into_inner());
+        answered.get(&target).map(|t| t.elapsed())
     }
 
     /// Forgets a peer (it left the cluster) and closes its connection.
@@ -565,7 +575,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         let entries = rpc.entries.len() as u64;
         match self.call(RpcRequest::AppendEntries(rpc), option.hard_ttl()).await {
-            Ok(RpcResponse::AppendEntries(Ok(r))) => Ok(r),
+            Ok(RpcResponse::AppendEntries(Ok(r))) => {
+                let mut answered =
+                    self.transport.answered.lock().unwrap_or_else(|p| p.into_inner());
+                if answered.len() < MAX_PEERS || answered.contains_key(&self.target) {
+                    answered.insert(self.target, std::time::Instant::now());
+                }
+                Ok(r)
+            }
             Ok(RpcResponse::AppendEntries(Err(e))) => Err(RPCError::RemoteError(self.remote(e))),
             Ok(other) => Err(self.unexpected(other)),
             // The estimate let through a message over the frame limit: ask for half.

@@ -168,6 +168,10 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         let tcp = listener::bind(&l.address).await.map_err(|e| e.to_string())?;
         let max = l.max_request_size.map(|v| v as usize);
         let app = http::app(AppState { core: core.clone(), max_request_size: max });
+        if i == 0 {
+            // Requests forwarded from standbys run through the first listener's app.
+            core.set_http_app(app.clone()).map_err(|e| format!("request forwarding: {e}"))?;
+        }
         servers.push((tcp, app, tls));
         listener_lines.push(format!(
             "{:>24}: tcp (addr: \"{}\", cluster address: \"{}\", max_request_duration: \"{}\", max_request_size: \"{}\", tls: \"{}\")",

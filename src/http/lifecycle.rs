@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::{error_response, json_response, Incoming};
 use crate::core::Core;
 use crate::error::Error;
+use crate::ha::HaState;
 use crate::seal::SealConfig;
 
 fn method_not_allowed() -> HttpResponse {
@@ -152,6 +153,11 @@ pub async fn seal(core: &Core, inc: &Incoming) -> HttpResponse {
     if core.is_sealed() {
         return error_response(&Error::Sealed);
     }
+    // Vault refuses to seal a standby (`sealInitCommon`); sealing is for the active node, or a
+    // restart.
+    if let HaState::Standby { .. } = core.ha_state() {
+        return error_response(&Error::internal("vault cannot seal when in standby mode; please restart instead"));
+    }
     // Vault lets any token with `sudo` on sys/seal seal the node, not only root tokens.
     if let Err(e) = core.authorize_sudo(inc.token().as_deref(), "sys/seal").await {
         return error_response(&e);
@@ -171,6 +177,23 @@ fn code_param(inc: &Incoming, key: &str, default: u16) -> Result<u16, Error> {
             .ok()
             .filter(|c| (100..=599).contains(c))
             .ok_or_else(|| Error::bad_request(format!("unable to parse {key} as an HTTP status code: {s:?}"))),
+    }
+}
+
+/// Reads a boolean query parameter as Go's `strconv.ParseBool` (`standbyok=true`, `=1`...); a
+/// present but empty value counts as true, as Vault's `parseutil.ParseBool` of "" does not
+/// apply: Vault checks `r.URL.Query().Get(key) != ""` first.
+fn bool_param(inc: &Incoming, key: &str) -> Result<bool, Error> {
+    match inc.query.get(key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) => match s.as_str() {
+            "" => Ok(false),
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+            _ => Err(Error::bad_request(format!("unable to parse {key} as a bool: {s:?}"))),
+        },
+        Some(_) => Err(Error::bad_request(format!("unable to parse {key} as a bool"))),
     }
 }
 
@@ -194,18 +217,22 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
+    let standby_ok = match bool_param(inc, "standbyok").and_then(|s| bool_param(inc, "perfstandbyok").map(|p| (s, p))) {
+        Ok((s, _)) => s,
+        Err(e) => return error_response(&e),
+    };
     let initialized = match core.initialized().await {
         Ok(i) => i,
         Err(e) => return error_response(&e),
     };
-    let sealed = core.is_sealed();
-    // An unsealed raft follower is a standby (it does not serve writes yet; issue 5 forwards).
-    let standby = sealed || core.raft().is_some_and(|r| !r.status().is_leader);
+    let state = core.ha_state();
+    let sealed = matches!(state, HaState::Sealed);
+    let standby = !state.is_active();
     let code = if !initialized {
         uninit
     } else if sealed {
         sealed_code
-    } else if standby {
+    } else if standby && !standby_ok {
         standby_code
     } else {
         active
@@ -239,38 +266,39 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
     if inc.method != Method::GET {
         return method_not_allowed();
     }
-    if core.is_sealed() {
+    let state = core.ha_state();
+    if matches!(state, HaState::Sealed) {
         return error_response(&Error::Sealed);
     }
-    let ha = core.ha_enabled();
-    let (committed, applied, is_self, leader) = match core.raft() {
-        Some(r) => {
-            let s = r.status();
-            (s.committed_index, s.applied_index, s.is_leader, s.leader)
-        }
-        None => (0, 0, false, None),
+    let Some(raft) = core.raft() else {
+        return json_response(StatusCode::OK, &json!({ "ha_enabled": false }));
     };
-    // A follower names the leader it knows (none during an election: empty, as Vault).
-    let (leader_address, leader_cluster_address) = match (ha, is_self, leader) {
-        (false, _, _) => (String::new(), String::new()),
-        (true, true, _) => (core.api_addr.clone(), core.cluster_addr.clone()),
-        (true, false, Some(n)) => (n.api_addr, n.cluster_addr),
-        (true, false, None) => (String::new(), String::new()),
+    let st = raft.status();
+    // Each node answers from what it knows: the active node itself, a standby from the active
+    // node's advertisement (none during an election or while the new leader becomes active).
+    let (is_self, leader_address, leader_cluster_address, active_time) = match &state {
+        HaState::Active => (
+            true,
+            core.api_addr.clone(),
+            core.cluster_addr.clone(),
+            core.active_since().unwrap_or_else(|| ZERO_TIME.into()),
+        ),
+        HaState::Standby { leader: Some(ad) } => (false, ad.api_addr.clone(), ad.cluster_addr.clone(), ZERO_TIME.into()),
+        _ => (false, String::new(), String::new(), ZERO_TIME.into()),
     };
-    let mut body = json!({
-        "ha_enabled": ha,
+    let body = json!({
+        "ha_enabled": true,
         "is_self": is_self,
-        "active_time": if is_self { core.active_since().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()) } else { "0001-01-01T00:00:00Z".into() },
+        "active_time": active_time,
         "leader_address": leader_address,
         "leader_cluster_address": leader_cluster_address,
         "performance_standby": false,
         "performance_standby_last_remote_wal": 0,
+        "raft_committed_index": st.committed_index,
+        "raft_applied_index": st.applied_index,
     });
-    if ha {
-        if let Value::Object(o) = &mut body {
-            o.insert("raft_committed_index".into(), Value::from(committed));
-            o.insert("raft_applied_index".into(), Value::from(applied));
-        }
-    }
     json_response(StatusCode::OK, &body)
 }
+
+/// Go's zero `time.Time`, which Vault sends as `active_time` on a standby.
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
