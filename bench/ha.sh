@@ -95,6 +95,21 @@ active_of() { # NAME BASEPORT -> index of the node answering 200 on sys/health
   done
 }
 
+# Waits until the cluster has three voters: a node that joined may first be a non-voter
+# (OpenBao's autopilot promotes it after server_stabilization_time), and killing the active node
+# then would leave no quorum.
+wait_voters() { # active-addr
+  for _ in $(seq 1 1200); do
+    curl -s -m 2 -H "X-Vault-Token: $TOKEN" "$1/v1/sys/storage/raft/configuration" | python3 -c '
+import json, sys
+try: s = json.load(sys.stdin)["data"]["config"]["servers"]
+except Exception: sys.exit(1)
+sys.exit(0 if len(s) == 3 and all(x.get("voter") for x in s) else 1)' && return 0
+    sleep 0.1
+  done
+  echo "no three voters on $1" >&2; return 1
+}
+
 # failover NAME BIN BASEPORT: one time in seconds per trial, into $WORK/NAME.times. Runs in this
 # shell (not in $(...)) so that restarted nodes stay known to the cleanup trap.
 failover() {
@@ -103,6 +118,7 @@ failover() {
     a=""
     for _ in $(seq 1 600); do a=$(active_of "$name" "$base"); [ -n "$a" ] && break; sleep 0.05; done
     [ -n "$a" ] || { echo "no active node before trial $trial" >&2; return 1; }
+    wait_voters "$(addr "$base" "$a")" || return 1
     local survivors=() i
     for i in 1 2 3; do [ "$i" != "$a" ] && survivors+=("$(addr "$base" "$i")"); done
     kill -9 "${PID[$name-$a]}"; unset "PID[$name-$a]"
