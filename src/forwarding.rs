@@ -352,6 +352,27 @@ fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Largest run of queued frames written with one flush: under load many small frames go out in
+/// one TLS record and one system call instead of one each.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// Writes `first` and whatever else is already queued (up to [`MAX_BATCH_BYTES`]), then flushes.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    first: Vec<u8>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut batch = first;
+    while batch.len() < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(more) => batch.extend_from_slice(&more),
+            Err(_) => break,
+        }
+    }
+    wr.write_all(&batch).await?;
+    wr.flush().await
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
 /// One multiplexed client connection. Dropping the last handle aborts its tasks, closing it.
@@ -381,7 +402,8 @@ enum CallError {
 
 impl Conn {
     fn start<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, max_frame: usize) -> Conn {
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (rd, mut wr) = tokio::io::split(stream);
+        let mut rd = tokio::io::BufReader::new(rd);
         let (outgoing, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
@@ -397,7 +419,7 @@ impl Conn {
             let fail_all = fail_all.clone();
             tokio::spawn(async move {
                 while let Some(frame) = rx.recv().await {
-                    if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+                    if write_batch(&mut wr, frame, &mut rx).await.is_err() {
                         break;
                     }
                 }
@@ -621,11 +643,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     app: axum::Router,
     max_frame: usize,
 ) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = tokio::io::BufReader::new(rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+            if write_batch(&mut wr, frame, &mut rx).await.is_err() {
                 return;
             }
         }
