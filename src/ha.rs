@@ -203,7 +203,11 @@ impl Core {
     /// unsealed), then the background task.
     pub(crate) async fn start_ha(&self) {
         let Some(raft) = self.raft().cloned() else { return };
-        self.ha_step(&raft).await;
+        // Only a proven leader (the unseal's quorum round) steps inline: a node restored as
+        // leader of an old term would wait out the whole timeout here and delay the unseal.
+        if holds_lease(&raft) {
+            self.ha_step(&raft).await;
+        }
         let weak = self.weak();
         let handle = tokio::spawn(ha_loop(weak, raft.subscribe()));
         let old = self.ha.task.lock().unwrap_or_else(|p| p.into_inner()).replace(handle);

@@ -584,7 +584,6 @@ fn ha_status(core: &Core) -> Result<Option<Response>> {
                 "active_node": active_node,
                 "last_echo": last_echo,
                 "version": crate::API_VERSION,
-                "upgrade_version": crate::API_VERSION,
             })
         })
         .collect();

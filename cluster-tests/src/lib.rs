@@ -190,6 +190,11 @@ disable_mlock = true
         panic!("vaultd did not listen on {} within {timeout:?}:\n{}", self.port, self.log());
     }
 
+    /// The process id while it runs (for SIGSTOP/SIGCONT in tests).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: the process gets no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

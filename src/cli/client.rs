@@ -49,6 +49,11 @@ pub fn token_file() -> Option<std::path::PathBuf> {
 }
 
 impl Client {
+    /// The server address requests go to (`VAULT_ADDR`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub fn from_env() -> Result<Client, String> {
         let addr = env("ADDR").unwrap_or_else(|| "https://127.0.0.1:8200".to_string());
         // VAULT_TOKEN wins over the token helper's file, as in Vault.

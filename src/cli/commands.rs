@@ -124,6 +124,16 @@ pub async fn operator(cmd: OperatorCommand) -> i32 {
             }
         }
         OperatorCommand::Raft(cmd) => super::raft::run(cmd).await,
+        OperatorCommand::StepDown => match c.call("PUT", "sys/step-down", None).await {
+            Ok(_) => {
+                println!("Success! Stepped down: {}", c.addr());
+                0
+            }
+            Err(e) => {
+                eprintln!("Error stepping down: {e}");
+                2
+            }
+        },
         OperatorCommand::Seal => match c.call("PUT", "sys/seal", None).await {
             Ok(_) => {
                 println!("Success! Vault is sealed.");

@@ -115,6 +115,9 @@ pub enum OperatorCommand {
     },
     /// Seal the server.
     Seal,
+    /// Make the active node give up leadership; another node becomes active.
+    #[command(name = "step-down")]
+    StepDown,
     /// Integrated storage: join, list-peers, remove-peer.
     #[command(subcommand)]
     Raft(raft::RaftCommand),

@@ -276,20 +276,14 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
     let st = raft.status();
     // Each node answers from what it knows: the active node itself, a standby from the active
     // node's advertisement (none during an election or while the new leader becomes active).
-    let (is_self, leader_address, leader_cluster_address, active_time) = match &state {
-        HaState::Active => (
-            true,
-            core.api_addr.clone(),
-            core.cluster_addr.clone(),
-            core.active_since().unwrap_or_else(|| ZERO_TIME.into()),
-        ),
-        HaState::Standby { leader: Some(ad) } => (false, ad.api_addr.clone(), ad.cluster_addr.clone(), ZERO_TIME.into()),
-        _ => (false, String::new(), String::new(), ZERO_TIME.into()),
+    let (is_self, leader_address, leader_cluster_address) = match &state {
+        HaState::Active => (true, core.api_addr.clone(), core.cluster_addr.clone()),
+        HaState::Standby { leader: Some(ad) } => (false, ad.api_addr.clone(), ad.cluster_addr.clone()),
+        _ => (false, String::new(), String::new()),
     };
-    let body = json!({
+    let mut body = json!({
         "ha_enabled": true,
         "is_self": is_self,
-        "active_time": active_time,
         "leader_address": leader_address,
         "leader_cluster_address": leader_cluster_address,
         "performance_standby": false,
@@ -297,8 +291,9 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
         "raft_committed_index": st.committed_index,
         "raft_applied_index": st.applied_index,
     });
+    // Vault omits a zero `active_time` (`omitempty`), so only the active node sends it.
+    if let (true, Some(since), Value::Object(o)) = (is_self, core.active_since(), &mut body) {
+        o.insert("active_time".into(), Value::String(since));
+    }
     json_response(StatusCode::OK, &body)
 }
-
-/// Go's zero `time.Time`, which Vault sends as `active_time` on a standby.
-const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
