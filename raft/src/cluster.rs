@@ -58,6 +58,13 @@ pub trait ClusterHandler: Send + Sync + 'static {
     /// peer's certificate chain is available from `stream.get_ref().1.peer_certificates()`.
     /// The future is dropped (the connection closed) when the listener shuts down.
     async fn serve(&self, stream: ClusterStream, peer: SocketAddr);
+
+    /// The TLS configuration for this protocol's connections, when it is not the cluster CA's
+    /// mutual TLS (request forwarding trusts only the active node's per-term certificate).
+    /// Chosen after the ClientHello, so one port serves protocols with different trust.
+    fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        None
+    }
 }
 
 type HandlerMap = HashMap<Vec<u8>, Arc<dyn ClusterHandler>>;
@@ -210,9 +217,12 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
                 offered.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>()
             ));
         };
-        let mut config = {
-            let current = shared.tls.read().unwrap_or_else(|p| p.into_inner());
-            ServerConfig::clone(&current)
+        let mut config = match handler.server_config() {
+            Some(own) => ServerConfig::clone(&own),
+            None => {
+                let current = shared.tls.read().unwrap_or_else(|p| p.into_inner());
+                ServerConfig::clone(&current)
+            }
         };
         config.alpn_protocols = vec![alpn];
         let stream =
@@ -259,6 +269,8 @@ pub fn host_port(cluster_addr: &str) -> Result<&str, RaftError> {
 /// Connects to a peer's cluster port with `config` (see [`ClusterTls::client_config`]), checks
 /// the server against the cluster CA and [`CLUSTER_SERVER_NAME`], and checks that the server
 /// chose the protocol `config` offers. Not bounded in time: callers put a timeout around it.
+/// A `config` with its own certificate verifier (request forwarding pins the active node's
+/// certificate) is dialled the same way: the name is then whatever that verifier checks.
 pub async fn dial(
     cluster_addr: &str,
     config: Arc<ClientConfig>,

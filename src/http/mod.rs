@@ -5,6 +5,7 @@
 //! Lifecycle endpoints (init, unseal, seal-status, health, leader) live in [`lifecycle`] because
 //! they answer while the node is sealed; everything else goes through the core.
 
+mod forward;
 pub mod lifecycle;
 pub mod listener;
 pub mod raft;
@@ -232,7 +233,14 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
 }
 
-async fn handle(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> HttpResponse {
+async fn handle(
+    State(state): State<AppState>,
+    forwarded: Option<axum::Extension<crate::forwarding::Forwarded>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResponse {
     // Snapshots stream their body (and have their own size bound): not buffered here.
     match uri.path().trim_end_matches('/') {
         "/v1/sys/storage/raft/snapshot" => return crate::sys_snapshot::serve(&state.core, method, &uri, headers, body, false).await,
@@ -249,6 +257,10 @@ async fn handle(State(state): State<AppState>, method: Method, uri: Uri, headers
         return not_found();
     };
     let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    // A standby hands the request to the active node (or redirects) before dispatching anything.
+    if let Some(resp) = forward::intercept(&state.core, forwarded.is_some(), &method, &uri, &path, &headers, &body).await {
+        return resp;
+    }
     let inc = Incoming { method, path, query: parse_query(&uri), headers, body };
     let resp = dispatch(&state, inc).await;
     resp
