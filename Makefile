@@ -46,17 +46,19 @@ testtools:
 	fi
 
 test: deps build compat testtools
-	$(CARGO) test --workspace --release -- --test-threads=2
+	$(CARGO) test --workspace --release --no-fail-fast -- --test-threads=2
 
 ## Client programs built outside vaultd's workspace (their dependencies must not mix with ours).
 compat:
 	$(CARGO) build --manifest-path compat/vaultrs/Cargo.toml
 
 ## Throughput benchmarks against OpenBao, measured in the same run: a single node (bench/run.sh), then
-## 3-node clusters (bench/cluster.sh). Needs wrk, installed if missing.
+## 3-node clusters (bench/cluster.sh), then HA: writes through a standby and failover time, beside
+## OpenBao's (bench/ha.sh). Needs wrk, installed if missing.
 bench: deps build
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	bash bench/run.sh
+	BAO=1 bash bench/ha.sh
 
 fmt:
 	$(CARGO) fmt --all

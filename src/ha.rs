@@ -15,10 +15,11 @@
 //!   changes, and while none is found, when entries were applied).
 //!
 //! The leader lease: [`Core::ha_state`] reports Active only while a quorum acknowledged this node
-//! less than [`LEASE`] ago. Followers elect no sooner than ~1.2 s after the last heartbeat they
-//! saw (raft/src/lib.rs, "Timing"), so an active node that is cut off stops serving before another
-//! node can be elected: never two active nodes acknowledging. It is checked on every call, not by
-//! the task, so it holds even if the task is late.
+//! less than [`LEASE`] ago. A voter grants no vote to another candidate until openraft's own
+//! leader lease ([`vaultd_raft::LEADER_LEASE`]) has passed since it last heard this leader, and
+//! the quorum's acknowledgement came after it heard it; so an active node that is cut off stops
+//! serving before another node can be elected: never two active nodes acknowledging. It is
+//! checked on every call, not by the task, so it holds even if the task is late.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -34,9 +35,9 @@ use crate::forwarding::{self, ForwardingIdentity};
 
 /// Where advertisements live, below `core/`.
 pub const ADVERTISEMENT_PREFIX: &str = "leader/";
-/// Longest time since a quorum's acknowledgement for which a leader still serves. Below the
-/// ~1.2 s before followers may elect another leader, with margin for a late metrics report.
-pub const LEASE: Duration = Duration::from_millis(800);
+/// Longest time since a quorum's acknowledgement for which a leader still serves: openraft's
+/// leader lease, less a margin for a late metrics report (see the module docs).
+pub const LEASE: Duration = vaultd_raft::LEADER_LEASE.saturating_sub(Duration::from_millis(200));
 /// How often the task looks at the state besides the Raft status watch.
 const TICK: Duration = Duration::from_millis(50);
 /// Upper bound on becoming active (the quorum round, the cache refresh, the advertisement).

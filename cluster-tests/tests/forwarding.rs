@@ -24,6 +24,7 @@ async fn cluster() -> Cluster {
     let (keys, root) = nodes[0].client().init(1, 1).await;
     nodes[0].client().unseal(&keys).await;
     wait_for("node 1 active", || async { nodes[0].client().try_req("GET", "sys/health", None).await.is_ok_and(|(s, _)| s == 200) }).await;
+    nodes[0].client().with_token(&root).fast_autopilot().await;
     for n in &nodes[1..] {
         let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": nodes[0].addr }))).await;
         assert_eq!(s, 200, "join: {v}");
@@ -38,6 +39,15 @@ async fn cluster() -> Cluster {
         })
         .await;
     }
+    // Failover needs voters: autopilot promotes the joined nodes after their stabilization time.
+    wait_for("three voters", || async {
+        let conf = nodes[0].client().with_token(&root).try_req("GET", "sys/storage/raft/configuration", None).await;
+        conf.is_ok_and(|(s, v)| {
+            let servers = v["data"]["config"]["servers"].as_array().cloned().unwrap_or_default();
+            s == 200 && servers.len() == 3 && servers.iter().all(|p| p["voter"] == json!(true))
+        })
+    })
+    .await;
     nodes[0].client().with_token(&root).mount_kv2("kv").await;
     Cluster { nodes, root, _tmp: tmp }
 }

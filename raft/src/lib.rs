@@ -135,6 +135,12 @@ use crate::state_machine::{SmShared, StateMachineStore};
 use crate::store::Store;
 use crate::types::{Op, TypeConfig};
 
+/// openraft's leader lease, which is its maximum election timeout: a voter that heard from a
+/// leader grants no vote to another candidate until this long has passed. The server's HA lease
+/// (`vaultd::ha::LEASE`) must stay below it, so that a leader cut off from its quorum stops
+/// serving before another can be elected.
+pub const LEADER_LEASE: Duration = Duration::from_millis(800);
+
 /// How long `bootstrap_single` waits for this node to become leader. A one-voter cluster elects
 /// itself at once; the margin covers a slow first sync.
 const BOOTSTRAP_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -665,7 +671,7 @@ fn raft_config() -> Result<openraft::Config, RaftError> {
         // See "Timing" in the crate docs.
         heartbeat_interval: 100,
         election_timeout_min: 400,
-        election_timeout_max: 800,
+        election_timeout_max: LEADER_LEASE.as_millis() as u64,
         // Per snapshot chunk, sent and installed; 3 MiB crosses a LAN in milliseconds, the rest
         // is margin for the receiver's sync.
         install_snapshot_timeout: 1000,
