@@ -181,7 +181,7 @@ async fn three_nodes_form_a_cluster_by_join() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // A follower names the leader and refuses writes (forwarding is issue 5).
+    // A follower names the leader and forwards writes to it.
     let (s, l) = n2.client().req("GET", "sys/leader", None).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -194,7 +194,8 @@ async fn three_nodes_form_a_cluster_by_join() {
         .with_token(&root)
         .req("POST", "kv/data/other", Some(json!({ "data": { "v": "x" } })))
         .await;
-    assert_eq!(s, 503, "{v}");
+    // A standby forwards the write to the active node (issue 5).
+    assert_eq!(s, 200, "{v}");
 
     // remove-peer: errors first, then node 3 goes.
     let (s, v) = c1.req("POST", "sys/storage/raft/remove-peer", Some(json!({}))).await;

@@ -70,7 +70,8 @@ pub(crate) async fn intercept(
     if path == "sys/seal" && (method == Method::PUT || method == Method::POST) {
         return Some(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
     }
-    if answered_locally(path) || path == "sys/seal" {
+    // A removed node is no longer a member: it neither forwards nor serves (the core refuses).
+    if answered_locally(path) || path == "sys/seal" || core.removed_from_cluster() {
         return None;
     }
     let Some(leader) = leader else {
