@@ -485,14 +485,22 @@ impl Core {
         // entries before its term started.
         // Mount changes on a new leader rebuild the routes under this lock too.
         let _mounts = self.mount_lock.lock().await;
+        self.reload_stored_state().await?;
+        self.follower_synced.store(applied, Ordering::Release);
+        self.synced_as_leader.store(leader, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops the token, policy and ACL caches and rebuilds the routes from the stored mount and
+    /// auth tables: what a node does when the store changed under it (entries applied as a
+    /// follower, a snapshot restore). The caller holds `mount_lock`.
+    async fn reload_stored_state(&self) -> Result<()> {
         self.tokens.clear_cache();
         self.policies.invalidate();
         let core = self.core_view();
         let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
         let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
         self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
-        self.follower_synced.store(applied, Ordering::Release);
-        self.synced_as_leader.store(leader, Ordering::Release);
         Ok(())
     }
 
@@ -967,13 +975,8 @@ impl Core {
             return self.seal().await;
         }
         let _mounts = self.mount_lock.lock().await;
-        self.tokens.clear_cache();
-        self.policies.invalidate();
-        let core = self.core_view();
-        let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
-        let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
-        self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
-        let info: Option<ClusterInfo> = core.get_json("cluster/local/info").await?;
+        self.reload_stored_state().await?;
+        let info: Option<ClusterInfo> = self.core_view().get_json("cluster/local/info").await?;
         if let Ok(mut c) = self.cluster.write() {
             *c = info;
         }
