@@ -407,8 +407,10 @@ mod tests {
         let err = handshake(stale.clone(), after.server_config().expect("s")).unwrap_err();
         assert!(err.starts_with("client"), "{err}");
 
-        // Another cluster's identity is refused by every state.
-        let intruder = foreign.client_config(ALPN).expect("client");
+        // Another cluster's identity is refused by every state, even by a client that trusts us.
+        let intruder = foreign
+            .client_config_trusting(ALPN, &[&old.ca_cert_pem, &new.ca_cert_pem])
+            .expect("client");
         for ring in [&before, &transition, &after] {
             let err = handshake(intruder.clone(), ring.server_config().expect("s")).unwrap_err();
             assert!(err.starts_with("server"), "{err}");
