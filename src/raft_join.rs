@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vaultd_raft::{ClusterTls, Node, RaftNode};
+use vaultd_raft::{Node, RaftNode, TlsKeyring};
 
 use crate::barrier::{self, RootKey};
 use crate::core::Core;
@@ -353,7 +353,8 @@ async fn fetch_challenge(raft: &RaftNode, req: &JoinRequest) -> Result<PendingJo
 
 #[derive(Deserialize)]
 struct BootstrapAnswer {
-    tls: ClusterTls,
+    /// A [`TlsKeyring`], or a bare identity from a leader that predates keyrings.
+    tls: Value,
     #[serde(default)]
     index: u64,
 }
@@ -393,7 +394,9 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
     let bind = core.cluster_bind.ok_or_else(|| {
         Error::JoinFailed("this node has no usable cluster_address to listen on".into())
     })?;
-    raft.start_cluster(bind, &a.tls).await?;
+    let tls = TlsKeyring::from_json(a.tls)
+        .map_err(|e| Error::JoinFailed(format!("malformed bootstrap answer from the leader: {e}")))?;
+    raft.start_cluster_keyring(bind, &tls).await?;
 
     // The leader replicates its log (or a snapshot) to the new learner; wait until the core
     // entries are here and everything the leader had when it added us is applied.
@@ -517,7 +520,9 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
     }
     .ok_or_else(|| Error::bad_request("raft_id must be a positive integer"))?;
     let non_voter = body.get("non_voter").and_then(Value::as_bool).unwrap_or(false);
-    let tls: ClusterTls = crate::view::View::new(core.barrier.clone(), "core/")
+    // Handed over as stored (a keyring, or the old bare identity): mid-rotation the joiner must
+    // trust both CAs like every other node.
+    let tls: Value = crate::view::View::new(core.barrier.clone(), "core/")
         .get_json(TLS_KEY)
         .await?
         .ok_or_else(|| Error::internal("the cluster TLS identity is missing from core/raft/tls"))?;
