@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
-use vaultd_raft::{ClusterTls, RaftNode};
+use vaultd_raft::{ClusterTls, RaftNode, TlsKeyring};
 use vaultd_storage::Backend;
 
 use crate::barrier::{Barrier, RootKey};
@@ -326,13 +326,14 @@ impl Core {
     async fn start_cluster_port(&self) -> Result<()> {
         let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
         let core = self.core_view();
-        let tls: Option<ClusterTls> = core.get_json(raft_join::TLS_KEY).await?;
+        let tls: Option<serde_json::Value> = core.get_json(raft_join::TLS_KEY).await?;
+        let tls = tls.map(TlsKeyring::from_json).transpose()?;
         let only_voter = raft.configuration().iter().filter(|p| p.voter).all(|p| p.raft_id == raft.raft_id());
         let tls = match tls {
             Some(t) => t,
             None if only_voter => {
                 self.ensure_writable().await?;
-                let t = ClusterTls::generate()?;
+                let t = TlsKeyring::new(ClusterTls::generate()?);
                 core.put_json(raft_join::TLS_KEY, &t).await?;
                 t
             }
@@ -345,7 +346,7 @@ impl Core {
             }
             return Err(Error::Unavailable("no usable cluster_address to start the cluster port on".into()));
         };
-        match raft.start_cluster(bind, &tls).await {
+        match raft.start_cluster_keyring(bind, &tls).await {
             Ok(_) => Ok(()),
             // A lone node serves without its cluster port (a dev server whose port+1 is taken).
             Err(e) if only_voter => {
@@ -401,7 +402,7 @@ impl Core {
         if let StorageKind::Raft(_) = self.storage {
             // The cluster's TLS identity: every node gets it through the barrier (joining nodes
             // in the bootstrap answer first).
-            core.put_json(raft_join::TLS_KEY, &ClusterTls::generate()?).await?;
+            core.put_json(raft_join::TLS_KEY, &TlsKeyring::new(ClusterTls::generate()?)).await?;
         }
         self.policies.ensure_default().await?;
         self.tokens.create_root(root_token_id).await

@@ -392,11 +392,26 @@ impl Core {
 }
 
 async fn ha_loop(core: Weak<Core>, mut status: tokio::sync::watch::Receiver<RaftStatus>) {
+    // The cluster TLS keyring this node's port uses, re-read every TLS_REREAD (a rotation's
+    // writes reach every node through Raft), and when the active node last checked its age.
+    let mut applied_tls = None;
+    let mut tls_read_at: Option<Instant> = None;
+    let mut rotation_checked_at: Option<Instant> = None;
     loop {
         {
             let Some(core) = core.upgrade() else { return };
             let Some(raft) = core.raft().cloned() else { return };
             core.ha_step(&raft).await;
+            if tls_read_at.is_none_or(|t| t.elapsed() >= crate::sys_raft::TLS_REREAD) {
+                tls_read_at = Some(Instant::now());
+                crate::sys_raft::refresh_cluster_tls(&core, &raft, &mut applied_tls).await;
+            }
+            if core.ha.read().own.is_some()
+                && rotation_checked_at.is_none_or(|t| t.elapsed() >= crate::sys_raft::ROTATE_CHECK)
+            {
+                rotation_checked_at = Some(Instant::now());
+                crate::sys_raft::rotate_if_due(Arc::clone(&core)).await;
+            }
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },

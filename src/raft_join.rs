@@ -29,10 +29,12 @@
 //! - `retry` retries the challenge request in the background for a bounded time
 //!   ([`RETRY_ATTEMPTS`] × [`RETRY_INTERVAL`]). The `retry_join` stanzas ([`spawn_retry_join`])
 //!   run the same bounded loop at startup, trying the leaders in order rather than in parallel.
-//!   `auto_join`, client certificates and `leader_tls_servername` are not supported (a warning
-//!   says so and the stanza is skipped or the setting ignored).
-//! - The leader returns the cluster TLS identity including the CA key; every node presents the
-//!   same certificate (see `vaultd_raft::ClusterTls`), as Vault's raft TLS keyring is shared.
+//!   `auto_join` is not supported (a warning says so and the stanza is skipped).
+//!   `leader_client_cert[_file]`/`leader_client_key[_file]` are presented to the leader's API
+//!   listener and `leader_tls_servername` replaces the URL's host for SNI and the certificate
+//!   check ([`LeaderTls`]), in stanzas and in `sys/storage/raft/join` alike.
+//! - The leader returns the cluster TLS keyring (`vaultd_raft::TlsKeyring`) including the CA
+//!   key; every node presents the same certificate, as Vault's raft TLS keyring is shared.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vaultd_raft::{ClusterTls, Node, RaftNode};
+use vaultd_raft::{Node, RaftNode, TlsKeyring};
 
 use crate::barrier::{self, RootKey};
 use crate::core::Core;
@@ -67,7 +69,7 @@ const MAX_REMOTE_BODY: usize = 1 << 20;
 #[derive(Clone)]
 pub struct PendingJoin {
     leader_api_addr: String,
-    leader_ca_cert: Option<String>,
+    leader_tls: LeaderTls,
     non_voter: bool,
     pub seal_config: SealConfig,
     /// The leader's `core/root-key`: the root key encrypted with the unseal key.
@@ -85,11 +87,34 @@ impl std::fmt::Debug for PendingJoin {
     }
 }
 
+/// How a joining node talks TLS to the leader's API listener (Vault's `leader_ca_cert`,
+/// `leader_client_cert`, `leader_client_key`, `leader_tls_servername`). `Debug` hides the key.
+#[derive(Clone, Default)]
+pub struct LeaderTls {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<zeroize::Zeroizing<String>>,
+    /// The name to send (SNI) and to check the leader's certificate against, instead of the
+    /// host of `leader_api_addr`.
+    pub servername: Option<String>,
+}
+
+impl std::fmt::Debug for LeaderTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderTls")
+            .field("ca_cert", &self.ca_cert.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .field("client_key", &self.client_key.as_ref().map(|_| "<redacted>"))
+            .field("servername", &self.servername)
+            .finish()
+    }
+}
+
 /// `sys/storage/raft/join`'s parameters.
 #[derive(Debug, Clone, Default)]
 pub struct JoinRequest {
     pub leader_api_addr: String,
-    pub leader_ca_cert: Option<String>,
+    pub leader_tls: LeaderTls,
     pub retry: bool,
     pub non_voter: bool,
 }
@@ -159,6 +184,11 @@ pub struct RetryJoinTarget {
     pub leader_api_addr: String,
     pub leader_ca_cert: Option<String>,
     pub leader_ca_cert_file: Option<std::path::PathBuf>,
+    pub leader_client_cert: Option<String>,
+    pub leader_client_cert_file: Option<std::path::PathBuf>,
+    pub leader_client_key: Option<String>,
+    pub leader_client_key_file: Option<std::path::PathBuf>,
+    pub leader_tls_servername: Option<String>,
 }
 
 /// Lower-cased and without a trailing slash, so that `http://127.0.0.1:8200/` and
@@ -188,18 +218,15 @@ pub fn retry_join_targets(
             tracing::info!(leader = %addr, "retry_join: skipping this node's own address");
             continue;
         }
-        if rj.leader_client_cert_file.is_some()
-            || rj.leader_client_key_file.is_some()
-            || rj.leader_client_cert.is_some()
-            || rj.leader_client_key.is_some()
-            || rj.leader_tls_servername.is_some()
-        {
-            tracing::warn!(leader = %addr, "retry_join: leader client certificates and leader_tls_servername are not supported and are ignored");
-        }
         out.push(RetryJoinTarget {
             leader_api_addr: addr.to_string(),
             leader_ca_cert: rj.leader_ca_cert.clone(),
             leader_ca_cert_file: rj.leader_ca_cert_file.clone(),
+            leader_client_cert: rj.leader_client_cert.clone(),
+            leader_client_cert_file: rj.leader_client_cert_file.clone(),
+            leader_client_key: rj.leader_client_key.clone(),
+            leader_client_key_file: rj.leader_client_key_file.clone(),
+            leader_tls_servername: rj.leader_tls_servername.clone(),
         });
     }
     out
@@ -207,16 +234,34 @@ pub fn retry_join_targets(
 
 impl RetryJoinTarget {
     fn request(&self, non_voter: bool) -> Result<JoinRequest> {
-        let leader_ca_cert = match (&self.leader_ca_cert, &self.leader_ca_cert_file) {
-            (Some(pem), _) => Some(pem.clone()),
-            (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
-                Error::JoinFailed(format!("reading leader_ca_cert_file {}: {e}", path.display()))
-            })?),
-            (None, None) => None,
+        // Inline PEM wins over the file, as in Vault.
+        let pem = |inline: &Option<String>, file: &Option<std::path::PathBuf>, what: &str| {
+            match (inline, file) {
+                (Some(pem), _) => Ok(Some(pem.clone())),
+                (None, Some(path)) => std::fs::read_to_string(path).map(Some).map_err(|e| {
+                    Error::JoinFailed(format!("reading {what} {}: {e}", path.display()))
+                }),
+                (None, None) => Ok(None),
+            }
+        };
+        let leader_tls = LeaderTls {
+            ca_cert: pem(&self.leader_ca_cert, &self.leader_ca_cert_file, "leader_ca_cert_file")?,
+            client_cert: pem(
+                &self.leader_client_cert,
+                &self.leader_client_cert_file,
+                "leader_client_cert_file",
+            )?,
+            client_key: pem(
+                &self.leader_client_key,
+                &self.leader_client_key_file,
+                "leader_client_key_file",
+            )?
+            .map(zeroize::Zeroizing::new),
+            servername: self.leader_tls_servername.clone().filter(|s| !s.is_empty()),
         };
         Ok(JoinRequest {
             leader_api_addr: self.leader_api_addr.clone(),
-            leader_ca_cert,
+            leader_tls,
             retry: true,
             non_voter,
         })
@@ -285,20 +330,57 @@ pub async fn spawn_retry_join(
     }))
 }
 
-fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client> {
+/// The client for `url` on the leader, and the URL to call: with `leader_tls_servername` the
+/// URL names that server instead, resolved to the original host's address, so that SNI and the
+/// certificate check use the server name while the connection goes where `leader_api_addr` says.
+async fn http_client(tls: &LeaderTls, url: &str) -> Result<(reqwest::Client, String)> {
     let mut b = reqwest::Client::builder().timeout(REMOTE_TIMEOUT).connect_timeout(REMOTE_TIMEOUT);
-    if let Some(pem) = ca_pem.filter(|p| !p.is_empty()) {
+    if let Some(pem) = tls.ca_cert.as_deref().filter(|p| !p.is_empty()) {
         let cert = reqwest::Certificate::from_pem(pem.as_bytes())
             .map_err(|e| Error::bad_request(format!("invalid leader_ca_cert: {e}")))?;
         b = b.add_root_certificate(cert);
     }
-    b.build().map_err(|e| Error::internal(format!("building HTTP client: {e}")))
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let pem = zeroize::Zeroizing::new(format!("{cert}\n{}", key.as_str()));
+            let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| {
+                Error::bad_request(format!("invalid leader_client_cert or leader_client_key: {e}"))
+            })?;
+            b = b.identity(identity);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::bad_request(
+                "leader_client_cert and leader_client_key must be given together",
+            ))
+        }
+    }
+    let mut url = url.to_string();
+    if let Some(name) = &tls.servername {
+        let mut parsed = reqwest::Url::parse(&url)
+            .map_err(|e| Error::bad_request(format!("invalid leader_api_addr: {e}")))?;
+        let host = parsed.host_str().unwrap_or("").trim_matches(['[', ']']).to_string();
+        let port = parsed.port_or_known_default().unwrap_or(8200);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| Error::JoinFailed(format!("resolving {host}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::JoinFailed(format!("{host} resolves to no address")))?;
+        parsed
+            .set_host(Some(name))
+            .map_err(|e| Error::bad_request(format!("invalid leader_tls_servername: {e}")))?;
+        b = b.resolve(name, addr);
+        url = parsed.to_string();
+    }
+    let client = b.build().map_err(|e| Error::internal(format!("building HTTP client: {e}")))?;
+    Ok((client, url))
 }
 
 /// POSTs `body` to the leader's `path` and returns its JSON answer, or the leader's error text.
-async fn call_leader(leader: &str, ca: Option<&str>, path: &str, body: &Value) -> Result<Value> {
+async fn call_leader(leader: &str, tls: &LeaderTls, path: &str, body: &Value) -> Result<Value> {
     let url = format!("{}/v1/{path}", leader.trim_end_matches('/'));
-    let resp = http_client(ca)?
+    let (client, url) = http_client(tls, &url).await?;
+    let resp = client
         .post(&url)
         .json(body)
         .send()
@@ -334,7 +416,7 @@ async fn fetch_challenge(raft: &RaftNode, req: &JoinRequest) -> Result<PendingJo
     let body = json!({ "server_id": raft.node().node_id });
     let v = call_leader(
         &req.leader_api_addr,
-        req.leader_ca_cert.as_deref(),
+        &req.leader_tls,
         "sys/storage/raft/bootstrap/challenge",
         &body,
     )
@@ -343,7 +425,7 @@ async fn fetch_challenge(raft: &RaftNode, req: &JoinRequest) -> Result<PendingJo
         .map_err(|e| Error::JoinFailed(format!("malformed challenge from the leader: {e}")))?;
     Ok(PendingJoin {
         leader_api_addr: req.leader_api_addr.clone(),
-        leader_ca_cert: req.leader_ca_cert.clone(),
+        leader_tls: req.leader_tls.clone(),
         non_voter: req.non_voter,
         seal_config: c.seal_config,
         root_key_blob: unb64("root_key", &c.root_key)?,
@@ -353,7 +435,8 @@ async fn fetch_challenge(raft: &RaftNode, req: &JoinRequest) -> Result<PendingJo
 
 #[derive(Deserialize)]
 struct BootstrapAnswer {
-    tls: ClusterTls,
+    /// A [`TlsKeyring`], or a bare identity from a leader that predates keyrings.
+    tls: Value,
     #[serde(default)]
     index: u64,
 }
@@ -382,7 +465,7 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
     });
     let v = call_leader(
         &pending.leader_api_addr,
-        pending.leader_ca_cert.as_deref(),
+        &pending.leader_tls,
         "sys/storage/raft/bootstrap/answer",
         &body,
     )
@@ -393,7 +476,9 @@ pub async fn finish(core: &Core, pending: &PendingJoin, unseal_key: &UnsealKey) 
     let bind = core.cluster_bind.ok_or_else(|| {
         Error::JoinFailed("this node has no usable cluster_address to listen on".into())
     })?;
-    raft.start_cluster(bind, &a.tls).await?;
+    let tls = TlsKeyring::from_json(a.tls)
+        .map_err(|e| Error::JoinFailed(format!("malformed bootstrap answer from the leader: {e}")))?;
+    raft.start_cluster_keyring(bind, &tls).await?;
 
     // The leader replicates its log (or a snapshot) to the new learner; wait until the core
     // entries are here and everything the leader had when it added us is applied.
@@ -517,7 +602,9 @@ pub async fn answer(core: &Core, body: &serde_json::Map<String, Value>) -> Resul
     }
     .ok_or_else(|| Error::bad_request("raft_id must be a positive integer"))?;
     let non_voter = body.get("non_voter").and_then(Value::as_bool).unwrap_or(false);
-    let tls: ClusterTls = crate::view::View::new(core.barrier.clone(), "core/")
+    // Handed over as stored (a keyring, or the old bare identity): mid-rotation the joiner must
+    // trust both CAs like every other node.
+    let tls: Value = crate::view::View::new(core.barrier.clone(), "core/")
         .get_json(TLS_KEY)
         .await?
         .ok_or_else(|| Error::internal("the cluster TLS identity is missing from core/raft/tls"))?;
@@ -562,14 +649,85 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].leader_api_addr, "https://b:8200");
         let req = t[0].request(true).expect("request");
-        assert_eq!(req.leader_ca_cert.as_deref(), Some("PEM"));
+        assert_eq!(req.leader_tls.ca_cert.as_deref(), Some("PEM"));
         assert!(req.retry && req.non_voter);
         let missing = RetryJoinTarget {
             leader_api_addr: "https://c:8200".into(),
             leader_ca_cert: None,
             leader_ca_cert_file: Some("/nonexistent/ca.pem".into()),
+            leader_client_cert: None,
+            leader_client_cert_file: None,
+            leader_client_key: None,
+            leader_client_key_file: None,
+            leader_tls_servername: None,
         };
         assert!(missing.request(false).is_err());
+    }
+
+    /// A leader stand-in: an HTTPS listener that requires a client certificate from the
+    /// cluster CA and answers `{}` to at most `conns` connections.
+    async fn mtls_leader(tls: &vaultd_raft::ClusterTls, conns: usize) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config().expect("srv")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..conns {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok(mut stream) = acceptor.accept(tcp).await else { continue };
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = 0;
+                while got < buf.len() {
+                    match stream.read(&mut buf[got..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                    let text = String::from_utf8_lossy(&buf[..got]);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if got >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn leader_client_certificate_and_server_name_reach_the_leader() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cluster = vaultd_raft::ClusterTls::generate().expect("tls");
+        let addr = mtls_leader(&cluster, 4).await;
+        let leader = format!("https://{addr}");
+        let full = LeaderTls {
+            ca_cert: Some(cluster.ca_cert_pem.clone()),
+            client_cert: Some(cluster.cert_pem.clone()),
+            client_key: Some(zeroize::Zeroizing::new(cluster.key_pem.clone())),
+            servername: Some(vaultd_raft::CLUSTER_SERVER_NAME.into()),
+        };
+        let shown = format!("{full:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let body = json!({});
+        let v = call_leader(&leader, &full, "sys/x", &body).await.expect("mutual TLS with the server name");
+        assert_eq!(v, json!({}));
+
+        // The certificate names vaultd-cluster, not 127.0.0.1: without the server name it fails.
+        let no_name = LeaderTls { servername: None, ..full.clone() };
+        assert!(call_leader(&leader, &no_name, "sys/x", &body).await.is_err());
+        // The leader requires a client certificate.
+        let no_cert = LeaderTls { client_cert: None, client_key: None, ..full.clone() };
+        assert!(call_leader(&leader, &no_cert, "sys/x", &body).await.is_err());
+        // Half a client identity is the caller's mistake.
+        let half = LeaderTls { client_key: None, ..full.clone() };
+        assert!(matches!(http_client(&half, &leader).await, Err(Error::BadRequest(_))));
     }
 
     #[test]

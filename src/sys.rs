@@ -38,6 +38,7 @@ const ROOT_PATHS: &[&str] = &[
     "internal/inspect/*",
     "seal",
     "step-down",
+    "storage/raft/tls/rotate",
 ];
 
 /// Paths below `sys/` the core serves without a token check (the lifecycle endpoints answer in

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use vaultd_raft::{AutopilotConfig, AutopilotState};
+use vaultd_raft::{AutopilotConfig, AutopilotState, ClusterTls, RaftNode, TlsKeyring};
 
 use crate::config::{format_duration_go, parse_duration};
 use crate::core::Core;
@@ -76,7 +76,15 @@ pub async fn handle(core: &Core, req: &Request, path: &str) -> Result<Option<Res
             raft.set_autopilot_config(cfg);
             Ok(None)
         }
-        ("configuration" | "remove-peer" | "autopilot/state" | "autopilot/configuration", _) => {
+        ("tls/rotate", Operation::Update) => {
+            rotate_cluster_tls(core, raft).await?;
+            Ok(None)
+        }
+        (
+            "configuration" | "remove-peer" | "autopilot/state" | "autopilot/configuration"
+            | "tls/rotate",
+            _,
+        ) => {
             Err(Error::UnsupportedOperation)
         }
         _ => Err(Error::UnsupportedPath),
@@ -100,6 +108,118 @@ pub fn install_autopilot_loader(core: &Core) {
             }
         })
     }));
+}
+
+/// How long a rotation waits for every peer to replicate the staged keyring.
+const ROTATE_REPLICATION_WAIT: Duration = Duration::from_secs(30);
+
+/// How often every node re-reads `core/raft/tls` ([`refresh_cluster_tls`], from the HA task).
+pub const TLS_REREAD: Duration = Duration::from_secs(2);
+
+/// Scheduled rotation: the identity's age that triggers one, and how often the active node checks.
+const ROTATE_EVERY: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const ROTATE_CHECK: Duration = Duration::from_secs(3600);
+
+/// One rotation at a time per process (the endpoint and the schedule share it).
+static ROTATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn read_keyring(core: &Core) -> Result<Option<TlsKeyring>> {
+    let stored: Option<Value> = View::new(core.barrier.clone(), "core/").get_json(crate::raft_join::TLS_KEY).await?;
+    stored.map(|v| TlsKeyring::from_json(v).map_err(Error::from)).transpose()
+}
+
+/// The HA task's hook, on every unsealed node: applies `core/raft/tls` to the cluster port when
+/// it differs from `applied`, which it then holds. Errors are logged and retried next time.
+pub async fn refresh_cluster_tls(core: &Core, raft: &RaftNode, applied: &mut Option<TlsKeyring>) {
+    let ring = match read_keyring(core).await {
+        Ok(Some(ring)) => ring,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the cluster TLS keyring failed");
+            return;
+        }
+    };
+    if applied.as_ref() == Some(&ring) {
+        return;
+    }
+    match raft.set_cluster_tls(&ring).await {
+        Ok(true) => {
+            tracing::info!(staged = ring.next.is_some(), "cluster TLS keyring applied");
+            *applied = Some(ring);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "applying the cluster TLS keyring failed"),
+    }
+}
+
+/// On the active node, from the HA task: rotates in the background when the current identity is
+/// older than [`ROTATE_EVERY`] (or of unknown age, i.e. stored before keyrings).
+pub async fn rotate_if_due(core: Arc<Core>) {
+    let Ok(Some(ring)) = read_keyring(&core).await else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if ring.next.is_none() && now.saturating_sub(ring.current_since) < ROTATE_EVERY.as_secs() {
+        return;
+    }
+    let Some(raft) = core.raft().cloned() else { return };
+    tokio::spawn(async move {
+        match rotate_cluster_tls(&core, &raft).await {
+            Ok(()) => tracing::info!("scheduled cluster TLS rotation finished"),
+            Err(e) => tracing::warn!(error = %e, "scheduled cluster TLS rotation failed; will retry"),
+        }
+    });
+}
+
+/// Rotates the cluster TLS identity without downtime (see [`TlsKeyring`]): stage a new identity
+/// as `next` so every node trusts it, wait until every peer has that entry and has had time to
+/// apply it, then make it current. A failure after staging leaves both identities trusted and
+/// the old one presented, which is safe; a retry starts over with a fresh identity.
+pub async fn rotate_cluster_tls(core: &Core, raft: &RaftNode) -> Result<()> {
+    let _one = ROTATING
+        .try_lock()
+        .map_err(|_| Error::bad_request("a cluster TLS rotation is already in progress"))?;
+    if !raft.status().is_leader {
+        return Err(Error::Unavailable("only the active node rotates the cluster TLS".into()));
+    }
+    let view = View::new(core.barrier.clone(), "core/");
+    let ring = read_keyring(core)
+        .await?
+        .ok_or_else(|| Error::internal("the cluster TLS identity is missing from core/raft/tls"))?;
+    let staged = ring.with_next(ClusterTls::generate()?);
+    view.put_json(crate::raft_join::TLS_KEY, &staged).await?;
+    raft.set_cluster_tls(&staged).await?;
+    let index = raft.status().committed_index;
+
+    let deadline = tokio::time::Instant::now() + ROTATE_REPLICATION_WAIT;
+    loop {
+        let matched = raft.peers_matched();
+        let behind: Vec<u64> = matched.iter().filter(|(_, m)| **m < index).map(|(id, _)| *id).collect();
+        if behind.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Unavailable(format!(
+                "cluster TLS rotation: raft peers {behind:?} did not replicate the new trust anchor within {}s; \
+                 the old identity stays in use",
+                ROTATE_REPLICATION_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replicated is not yet applied to the cluster port: a peer applies on its next commit
+    // notice and re-reads the keyring every TLS_REREAD. No per-peer acknowledgement exists, so
+    // wait out two re-reads plus a heartbeat's margin.
+    tokio::time::sleep(TLS_REREAD * 2 + Duration::from_secs(1)).await;
+
+    let promoted = staged
+        .promoted()
+        .ok_or_else(|| Error::internal("the staged cluster TLS keyring has no next identity"))?;
+    view.put_json(crate::raft_join::TLS_KEY, &promoted).await?;
+    raft.set_cluster_tls(&promoted).await?;
+    tracing::info!("cluster TLS rotated: nodes now present the new identity");
+    Ok(())
 }
 
 pub fn config_json(c: &AutopilotConfig) -> Value {

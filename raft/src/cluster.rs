@@ -118,15 +118,15 @@ pub struct ClusterListener {
 impl ClusterListener {
     /// Binds `addr` and starts accepting, serving no protocol until one is registered.
     pub async fn bind(addr: SocketAddr, tls: &ClusterTls) -> Result<ClusterListener, RaftError> {
-        Self::bind_with(addr, tls, Protocols::default()).await
+        Self::bind_with(addr, tls.server_config()?, Protocols::default()).await
     }
 
     pub(crate) async fn bind_with(
         addr: SocketAddr,
-        tls: &ClusterTls,
+        config: ServerConfig,
         protocols: Protocols,
     ) -> Result<ClusterListener, RaftError> {
-        let config = Arc::new(tls.server_config()?);
+        let config = Arc::new(config);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| RaftError::Io(format!("binding the cluster port {addr}: {e}")))?;
@@ -157,10 +157,16 @@ impl ClusterListener {
     /// Uses a new TLS identity for connections accepted from now on; established connections
     /// keep theirs.
     pub fn set_tls(&self, tls: &ClusterTls) -> Result<(), RaftError> {
-        let config = Arc::new(tls.server_config()?);
+        self.set_server_config(tls.server_config()?);
+        Ok(())
+    }
+
+    /// [`ClusterListener::set_tls`] with a ready configuration (e.g. a keyring's, trusting
+    /// several CAs).
+    pub(crate) fn set_server_config(&self, config: ServerConfig) {
+        let config = Arc::new(config);
         let mut current = self.shared.tls.write().unwrap_or_else(|p| p.into_inner());
         *current = config;
-        Ok(())
     }
 
     /// Stops accepting and closes every connection (their tasks are aborted).

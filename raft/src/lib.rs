@@ -122,7 +122,7 @@ pub use crate::cluster::{ClusterHandler, ClusterListener, ClusterStream};
 pub use crate::error::RaftError;
 pub use crate::membership::PeerInfo;
 pub use crate::snapshot::{check_state_file, StateFileInfo};
-pub use crate::tls::{ClusterTls, CLUSTER_SERVER_NAME};
+pub use crate::tls::{ClusterTls, TlsKeyring, CLUSTER_SERVER_NAME};
 pub use crate::types::Node;
 
 use crate::backend::{propose, Proposer, RaftBackend};
@@ -395,19 +395,31 @@ impl RaftNode {
         bind: SocketAddr,
         tls: &ClusterTls,
     ) -> Result<SocketAddr, RaftError> {
+        self.start_cluster_keyring(bind, &TlsKeyring::new(tls.clone())).await
+    }
+
+    /// [`RaftNode::start_cluster`] with a keyring: presents its current identity and trusts
+    /// every CA in it. Calling it again with a changed keyring is how a rotation reaches this
+    /// node; connections already established keep their handshake's identity.
+    pub async fn start_cluster_keyring(
+        &self,
+        bind: SocketAddr,
+        tls: &TlsKeyring,
+    ) -> Result<SocketAddr, RaftError> {
         let client = tls.client_config(ALPN_RAFT)?;
+        let server = tls.server_config()?;
         let mut cluster = self.cluster.lock().await;
         // Checked under the lock: `shutdown` marks the node closed before it takes this lock to
         // stop the listener, so no listener can start after it.
         self.reads()?;
         let local_addr = match &*cluster {
             Some(listener) => {
-                listener.set_tls(tls)?;
+                listener.set_server_config(server);
                 listener.local_addr()
             }
             None => {
                 let listener =
-                    ClusterListener::bind_with(bind, tls, self.protocols.clone()).await?;
+                    ClusterListener::bind_with(bind, server, self.protocols.clone()).await?;
                 let addr = listener.local_addr();
                 *cluster = Some(listener);
                 addr
@@ -533,6 +545,42 @@ impl RaftNode {
             .filter(|p| p.raft_id != self.raft_id)
             .map(|p| (p.raft_id, self.transport.last_answer(p.raft_id)))
             .collect()
+    }
+
+    /// On the leader: the highest log index each other member has matched, by raft id (0 when
+    /// unknown). Empty on a follower. A rotation waits on it before presenting a new identity.
+    pub fn peers_matched(&self) -> BTreeMap<u64, u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return BTreeMap::new();
+        }
+        let replication = m.replication.as_ref();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.raft_id)
+            .map(|id| {
+                let matched = replication
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                (id, matched)
+            })
+            .collect()
+    }
+
+    /// Swaps the cluster port's TLS (listener and dialer) for new connections; established
+    /// connections keep theirs. `false` (and nothing changes) when the port is not started.
+    pub async fn set_cluster_tls(&self, tls: &TlsKeyring) -> Result<bool, RaftError> {
+        let client = tls.client_config(ALPN_RAFT)?;
+        let server = tls.server_config()?;
+        let cluster = self.cluster.lock().await;
+        let Some(listener) = &*cluster else { return Ok(false) };
+        listener.set_server_config(server);
+        self.transport.set_tls(client);
+        Ok(true)
     }
 
     /// Whether this node is in the leader state, and its last applied index: the cheap part of

@@ -155,9 +155,17 @@ impl ClusterTls {
     /// chaining to the cluster CA required from every peer. ALPN is left empty: the listener sets
     /// it per connection to the protocol it chose from the ClientHello.
     pub fn server_config(&self) -> Result<ServerConfig, RaftError> {
+        self.server_config_trusting(&[])
+    }
+
+    /// [`ClusterTls::server_config`], also accepting clients whose certificate chains to one of
+    /// `extra_cas` (PEM): during a rotation peers may present either identity.
+    pub fn server_config_trusting(&self, extra_cas: &[&str]) -> Result<ServerConfig, RaftError> {
         let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots(extra_cas)?),
+            provider.clone(),
+        )
                 .build()
                 .map_err(|e| RaftError::Tls(format!("building the client verifier: {e}")))?;
         ServerConfig::builder_with_provider(provider)
@@ -171,21 +179,35 @@ impl ClusterTls {
     /// The client side: trusts only the cluster CA, presents this node's certificate, offers
     /// exactly `alpn`.
     pub fn client_config(&self, alpn: &[u8]) -> Result<Arc<ClientConfig>, RaftError> {
+        self.client_config_trusting(alpn, &[])
+    }
+
+    /// [`ClusterTls::client_config`], also accepting servers whose certificate chains to one of
+    /// `extra_cas` (PEM).
+    pub fn client_config_trusting(
+        &self,
+        alpn: &[u8],
+        extra_cas: &[&str],
+    ) -> Result<Arc<ClientConfig>, RaftError> {
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(|e| RaftError::Tls(format!("choosing TLS versions: {e}")))?
-            .with_root_certificates(self.roots()?)
+            .with_root_certificates(self.roots(extra_cas)?)
             .with_client_auth_cert(self.chain()?, self.key()?)
             .map_err(|e| RaftError::Tls(format!("the node certificate or key: {e}")))?;
         config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
-    fn roots(&self) -> Result<RootCertStore, RaftError> {
+    fn roots(&self, extra_cas: &[&str]) -> Result<RootCertStore, RaftError> {
         let mut roots = RootCertStore::empty();
-        let ca = CertificateDer::from_pem_slice(self.ca_cert_pem.as_bytes())
-            .map_err(|e| RaftError::Tls(format!("the cluster CA certificate: {e}")))?;
-        roots.add(ca).map_err(|e| RaftError::Tls(format!("the cluster CA certificate: {e}")))?;
+        for pem in std::iter::once(self.ca_cert_pem.as_str()).chain(extra_cas.iter().copied()) {
+            let ca = CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| RaftError::Tls(format!("the cluster CA certificate: {e}")))?;
+            roots
+                .add(ca)
+                .map_err(|e| RaftError::Tls(format!("the cluster CA certificate: {e}")))?;
+        }
         Ok(roots)
     }
 
@@ -203,6 +225,92 @@ impl ClusterTls {
         PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| RaftError::Tls(format!("the node key: {e}")))
     }
+}
+
+/// What the server keeps at `core/raft/tls`: the identity nodes present, plus the one being
+/// rolled in or out, as Vault's raft TLS keyring. A rotation goes through three stored states:
+/// 1. `next` set: every node trusts both CAs but still presents `current`;
+/// 2. once every peer has that, `next` becomes `current` and the old one `previous`: nodes present
+///    the new certificate and still accept peers that have not switched yet;
+/// 3. the next rotation drops `previous`.
+///
+/// So at every step any two nodes at most one state apart accept each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsKeyring {
+    pub current: ClusterTls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ClusterTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ClusterTls>,
+    /// When `current` became current (Unix seconds; 0 when unknown, e.g. read from the old
+    /// single-identity format), for the rotation schedule.
+    #[serde(default)]
+    pub current_since: u64,
+}
+
+/// The stored forms: the keyring, or a bare [`ClusterTls`] written before keyrings existed.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredTls {
+    Keyring(TlsKeyring),
+    Single(ClusterTls),
+}
+
+impl TlsKeyring {
+    /// A keyring holding only `current`.
+    pub fn new(current: ClusterTls) -> TlsKeyring {
+        TlsKeyring { current, next: None, previous: None, current_since: unix_now() }
+    }
+
+    /// Reads either stored form.
+    pub fn from_json(value: serde_json::Value) -> Result<TlsKeyring, RaftError> {
+        match serde_json::from_value(value) {
+            Ok(StoredTls::Keyring(k)) => Ok(k),
+            Ok(StoredTls::Single(t)) => {
+                Ok(TlsKeyring { current: t, next: None, previous: None, current_since: 0 })
+            }
+            Err(e) => Err(RaftError::Tls(format!("the stored cluster TLS keyring: {e}"))),
+        }
+    }
+
+    /// The CAs trusted besides `current`'s.
+    fn extra_cas(&self) -> Vec<&str> {
+        [&self.next, &self.previous].into_iter().flatten().map(|t| t.ca_cert_pem.as_str()).collect()
+    }
+
+    pub fn server_config(&self) -> Result<ServerConfig, RaftError> {
+        self.current.server_config_trusting(&self.extra_cas())
+    }
+
+    pub fn client_config(&self, alpn: &[u8]) -> Result<Arc<ClientConfig>, RaftError> {
+        self.current.client_config_trusting(alpn, &self.extra_cas())
+    }
+
+    /// Step 1 of a rotation: `fresh` is trusted from now on. Drops `previous`.
+    pub fn with_next(&self, fresh: ClusterTls) -> TlsKeyring {
+        TlsKeyring {
+            current: self.current.clone(),
+            next: Some(fresh),
+            previous: None,
+            current_since: self.current_since,
+        }
+    }
+
+    /// Step 2: `next` is presented; the old current stays trusted as `previous`. `None` when
+    /// there is no `next`.
+    pub fn promoted(&self) -> Option<TlsKeyring> {
+        let next = self.next.clone()?;
+        Some(TlsKeyring {
+            current: next,
+            next: None,
+            previous: Some(self.current.clone()),
+            current_since: unix_now(),
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// TLS 1.3 and 1.2, in rustls' order of preference (1.3 first). Peers are all vaultd, so 1.3 is
@@ -240,6 +348,98 @@ mod tests {
         let node = tls.without_ca_key();
         assert!(node.ca_key_pem.is_none());
         node.server_config().expect("a node needs no CA key");
+    }
+
+    /// An in-memory handshake (bounded number of flights); `Err` names the side that refused.
+    fn handshake(client: Arc<ClientConfig>, server: ServerConfig) -> Result<(), String> {
+        let name = rustls::pki_types::ServerName::try_from(CLUSTER_SERVER_NAME).expect("name");
+        let mut c = rustls::ClientConnection::new(client, name).expect("client");
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).expect("client write");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).expect("server read");
+                s.process_new_packets().map_err(|e| format!("server: {e}"))?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).expect("server write");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).expect("client read");
+                c.process_new_packets().map_err(|e| format!("client: {e}"))?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
+                return Ok(());
+            }
+        }
+        Err("handshake did not finish".into())
+    }
+
+    #[test]
+    fn keyring_trusts_both_cas_during_a_rotation_and_refuses_others() {
+        const ALPN: &[u8] = b"raft_storage_v1";
+        let old = ClusterTls::generate().expect("old");
+        let new = ClusterTls::generate().expect("new");
+        let foreign = ClusterTls::generate().expect("foreign");
+        let before = TlsKeyring::new(old.clone());
+        let transition = before.with_next(new.clone());
+        let after = transition.promoted().expect("promoted");
+        assert_eq!(after.current, new);
+        assert_eq!(after.previous.as_ref(), Some(&old));
+
+        // A node that has not seen the rotation yet talks to one in the transition, both ways.
+        let stale = before.client_config(ALPN).expect("client");
+        handshake(stale.clone(), transition.server_config().expect("srv")).expect("old client");
+        handshake(transition.client_config(ALPN).expect("c"), before.server_config().expect("s"))
+            .expect("transition client to an old server");
+        // Step 2 against step 1 and against a node still presenting the old identity.
+        handshake(after.client_config(ALPN).expect("c"), transition.server_config().expect("s"))
+            .expect("new identity accepted by a transition node");
+        handshake(transition.client_config(ALPN).expect("c"), after.server_config().expect("s"))
+            .expect("previous identity still trusted by a rotated server");
+        // Two states apart do not meet: why step 2 waits until every peer has step 1.
+        let err = handshake(stale.clone(), after.server_config().expect("s")).unwrap_err();
+        assert!(err.starts_with("client"), "{err}");
+
+        // Another cluster's identity is refused by every state, even by a client that trusts us.
+        let intruder = foreign
+            .client_config_trusting(ALPN, &[&old.ca_cert_pem, &new.ca_cert_pem])
+            .expect("client");
+        for ring in [&before, &transition, &after] {
+            let err = handshake(intruder.clone(), ring.server_config().expect("s")).unwrap_err();
+            assert!(err.starts_with("server"), "{err}");
+        }
+
+        // Once `previous` is dropped (the next rotation), the old identity is refused.
+        let later = after.with_next(foreign.clone());
+        assert!(later.previous.is_none());
+        assert!(handshake(stale, later.server_config().expect("s")).is_err());
+        handshake(after.client_config(ALPN).expect("c"), later.server_config().expect("s"))
+            .expect("current identity still accepted");
+    }
+
+    #[test]
+    fn keyring_reads_the_single_identity_format_and_round_trips() {
+        let tls = ClusterTls::generate().expect("generate");
+        let old = TlsKeyring::from_json(serde_json::to_value(&tls).expect("json")).expect("old");
+        assert_eq!(old.current, tls);
+        assert!(old.next.is_none() && old.previous.is_none());
+        assert_eq!(old.current_since, 0);
+        let ring = old.with_next(ClusterTls::generate().expect("next"));
+        let back = TlsKeyring::from_json(serde_json::to_value(&ring).expect("json")).expect("ring");
+        assert_eq!(back, ring);
+        assert!(TlsKeyring::from_json(serde_json::json!({"nope": 1})).is_err());
+        assert!(promoted_none_without_next(&old));
+    }
+
+    fn promoted_none_without_next(ring: &TlsKeyring) -> bool {
+        ring.promoted().is_none()
     }
 
     #[test]

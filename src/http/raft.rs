@@ -37,7 +37,14 @@ pub async fn join(core: &Arc<Core>, inc: &Incoming) -> HttpResponse {
     let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let req = JoinRequest {
         leader_api_addr: text("leader_api_addr"),
-        leader_ca_cert: Some(text("leader_ca_cert")).filter(|s| !s.is_empty()),
+        leader_tls: raft_join::LeaderTls {
+            ca_cert: Some(text("leader_ca_cert")).filter(|s| !s.is_empty()),
+            client_cert: Some(text("leader_client_cert")).filter(|s| !s.is_empty()),
+            client_key: Some(text("leader_client_key"))
+                .filter(|s| !s.is_empty())
+                .map(zeroize::Zeroizing::new),
+            servername: Some(text("leader_tls_servername")).filter(|s| !s.is_empty()),
+        },
         retry: flag(&body, "retry"),
         non_voter: flag(&body, "non_voter"),
     };
