@@ -54,33 +54,33 @@ pub fn venv_python() -> PathBuf {
     p
 }
 
-/// Two distinct free ports (API and cluster), below the kernel's ephemeral range: a port handed
-/// out by `bind(0)` may be taken meanwhile by any outbound connection (tests under load open many),
-/// and a node binds its cluster port only when unsealed, long after this check. Within this
-/// process no port is handed out twice; other processes start their search elsewhere (by pid).
-/// The OS may still give a port to someone else before the server binds it; a bind failure is loud.
+/// Two adjacent free ports (API `p` and cluster `p + 1`), below the kernel's ephemeral range: a
+/// port handed out by `bind(0)` may be taken meanwhile by any outbound connection (tests under
+/// load open many), and a node binds its cluster port only when unsealed, long after this check.
+/// The pair is reserved as one, because a dev server binds its cluster port at API port + 1
+/// whatever it is given: handing out single ports to concurrent tests would let one test's dev
+/// server take the next test's API port. Within this process no port is handed out twice; other
+/// processes start their search elsewhere (by pid). The OS may still give a port to someone else
+/// before the server binds it; a bind failure is loud.
 pub fn free_ports() -> (u16, u16) {
-    (free_port(), free_port())
-}
-
-fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static NEXT_PAIR: AtomicU32 = AtomicU32::new(0);
     const FIRST: u32 = 10_000;
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
         .unwrap_or(32_768);
-    let span = ephemeral.saturating_sub(FIRST).max(1_000);
-    let start = std::process::id().wrapping_mul(7_919) % span;
+    let pairs = (ephemeral.saturating_sub(FIRST) / 2).max(500);
+    let start = std::process::id().wrapping_mul(7_919) % pairs;
     // Bounded: at most one pass over the range.
-    for _ in 0..span {
-        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+    for _ in 0..pairs {
+        let api = (FIRST + 2 * ((start + NEXT_PAIR.fetch_add(1, Ordering::Relaxed)) % pairs)) as u16;
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(api) && free(api + 1) {
+            return (api, api + 1);
         }
     }
-    panic!("no free port in {FIRST}..{}", FIRST + span);
+    panic!("no free port pair in {FIRST}..{}", FIRST + 2 * pairs);
 }
 
 pub struct Node {
