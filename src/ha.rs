@@ -14,6 +14,12 @@
 //! - Standby: keep the advertisement of the current leader (re-read when the leader or term
 //!   changes, and while none is found, when entries were applied).
 //!
+//! While leadership changes there is a gap of up to about a second (the election, then the new
+//! leader becoming active, then standbys reading its advertisement) in which a node knows no
+//! active node. A request that arrives then waits for one, up to [`REQUEST_WAIT`], instead of
+//! failing at once ([`Core::await_active`]); whichever node it then goes to still checks its
+//! lease, so the wait never lets two nodes acknowledge.
+//!
 //! The leader lease: [`Core::ha_state`] reports Active only while a quorum acknowledged this node
 //! less than [`LEASE`] ago. A voter grants no vote to another candidate until openraft's own
 //! leader lease ([`vaultd_raft::LEADER_LEASE`]) has passed since it last heard this leader, and
@@ -36,14 +42,24 @@ use crate::forwarding::{self, ForwardingIdentity};
 /// Where advertisements live, below `core/`.
 pub const ADVERTISEMENT_PREFIX: &str = "leader/";
 /// Longest time since a quorum's acknowledgement for which a leader still serves: openraft's
-/// leader lease, less a margin for a late metrics report (see the module docs).
-pub const LEASE: Duration = vaultd_raft::LEADER_LEASE.saturating_sub(Duration::from_millis(200));
+/// leader lease, less [`LEASE_MARGIN`] (see the module docs).
+pub const LEASE: Duration = vaultd_raft::LEADER_LEASE.saturating_sub(LEASE_MARGIN);
+/// How late the age of the quorum's acknowledgement may be (the Raft metrics watch stamps it
+/// when it runs, which a busy 2-core host delays); the rest of the lease must still cover a
+/// heartbeat round, or a healthy active node would keep pausing between heartbeats.
+const LEASE_MARGIN: Duration = Duration::from_millis(150);
+const _: () = assert!(LEASE.as_millis() < vaultd_raft::LEADER_LEASE.as_millis());
+/// How long a request waits for an active node while leadership changes (module docs).
+pub const REQUEST_WAIT: Duration = Duration::from_secs(2);
+/// While a request waits: how often it looks again besides being woken (a lease renewal wakes
+/// nobody).
+const REQUEST_POLL: Duration = Duration::from_millis(20);
 /// How often the task looks at the state besides the Raft status watch.
 const TICK: Duration = Duration::from_millis(50);
 /// Upper bound on becoming active (the quorum round, the cache refresh, the advertisement).
 const BECOME_ACTIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed attempt to become active, so a persistent failure does not spin.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a step-down waits for another node to lead before this one may lead again.
 pub const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on removing an advertisement when leaving (seal, step-down); best effort.
@@ -51,8 +67,11 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Advertisements read or deleted at once. A new leader deletes the older ones, so there are
 /// only ever a few; this bounds the work if something left many behind.
 const MAX_ADVERTISEMENTS: usize = 64;
-/// While a standby has no advertisement for its leader, how often it re-reads at most.
-const REREAD_INTERVAL: Duration = Duration::from_millis(200);
+/// While a standby has no advertisement for its leader: it re-reads when entries were applied
+/// (the advertisement arrives as one), at most every REREAD_MIN (a write load applies entries
+/// all the time), and otherwise every REREAD_MAX.
+const REREAD_MIN: Duration = Duration::from_millis(20);
+const REREAD_MAX: Duration = Duration::from_secs(1);
 
 /// What the active node writes at `core/leader/<uuid>` through the barrier.
 #[derive(Clone, Serialize, Deserialize)]
@@ -99,6 +118,9 @@ pub struct Ha {
     app: RwLock<Option<axum::Router>>,
     /// During a step-down: this node must not become active again until it ends.
     stepping_down: AtomicBool,
+    /// Woken when this node becomes active, leaves, or learns the active node: requests
+    /// waiting in [`Core::await_active`].
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -111,6 +133,8 @@ struct Inner {
     looked_up_for: Option<(u64, String)>,
     /// The applied index and time of the last lookup that found nothing.
     last_miss: Option<(u64, Instant)>,
+    /// When the standby saw the current (term, leader) first: how long finding it took.
+    leader_seen_at: Option<Instant>,
 }
 
 impl Ha {
@@ -189,6 +213,41 @@ impl Core {
         )
     }
 
+    /// The HA state for a request, waiting up to [`REQUEST_WAIT`] while leadership changes: on a
+    /// node that knows no active node (any request), or, with `this_node` (a request forwarded
+    /// here), while this node leads Raft but is not active (becoming active, or between lease
+    /// renewals). Returns at once otherwise.
+    pub async fn await_active(&self, this_node: bool) -> HaState {
+        let started = Instant::now();
+        let mut waited = false;
+        loop {
+            // Registered before looking, so a change between the look and the wait still wakes.
+            let changed = self.ha.changed.notified();
+            let state = self.ha_state();
+            let waits = match &state {
+                HaState::Standby { leader: None } if this_node => {
+                    self.raft().is_some_and(|r| r.leader_state_and_applied().0)
+                }
+                HaState::Standby { leader: None } => true,
+                _ => false,
+            };
+            let left = REQUEST_WAIT.saturating_sub(started.elapsed());
+            if !waits || left.is_zero() {
+                if waited {
+                    tracing::debug!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        active = state.is_active(),
+                        known = matches!(state, HaState::Standby { leader: Some(_) }),
+                        "ha: a request waited for an active node"
+                    );
+                }
+                return state;
+            }
+            waited = true;
+            let _ = tokio::time::timeout(left.min(REQUEST_POLL), changed).await;
+        }
+    }
+
     /// Gives the HA machinery the node's HTTP app (forwarded requests run through it).
     /// Registers the forwarding handler at once if this node is already active (dev mode
     /// unseals before the listeners exist).
@@ -232,6 +291,7 @@ impl Core {
         inner.leader = None;
         inner.looked_up_for = None;
         inner.last_miss = None;
+        inner.leader_seen_at = None;
     }
 
     /// `sys/step-down` on the active node: stop being active at once, remove the advertisement,
@@ -269,6 +329,7 @@ impl Core {
                 raft.unregister_protocol(ALPN_REQUEST_FORWARDING);
             }
             self.set_active_since(None);
+            self.ha.changed.notify_waiters();
             tracing::info!(reason = why, "ha: stopped active operation, now standby");
         }
         own
@@ -313,8 +374,12 @@ impl Core {
     }
 
     async fn become_active(&self, raft: &Arc<RaftNode>) -> Result<()> {
+        let started = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
         raft.wait_for_leader(BECOME_ACTIVE_TIMEOUT).await?;
+        tracing::debug!(elapsed_ms = ms(started), "ha: raft leadership proven");
         self.refresh_as_new_leader().await?;
+        tracing::debug!(elapsed_ms = ms(started), "ha: caches refreshed");
         let ad = LeaderAdvertisement {
             uuid: uuid::Uuid::new_v4().to_string(),
             api_addr: self.api_addr.clone(),
@@ -324,22 +389,34 @@ impl Core {
         };
         let view = self.core_view();
         view.put_json(&format!("{ADVERTISEMENT_PREFIX}{}", ad.uuid), &ad).await?;
-        let old = view.list(ADVERTISEMENT_PREFIX).await?;
-        for uuid in old.iter().filter(|u| **u != ad.uuid).take(MAX_ADVERTISEMENTS) {
-            view.delete(&format!("{ADVERTISEMENT_PREFIX}{uuid}")).await?;
-        }
+        tracing::debug!(elapsed_ms = ms(started), "ha: advertisement written");
         let app = self.ha.app.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(app) = app {
             raft.register_protocol(ALPN_REQUEST_FORWARDING, forwarding::server_handler(&ad.identity, app)?)?;
         }
         // Leadership may have moved while this ran; the next step notices and leaves again.
         self.set_active_since(Some(ad.active_since.clone()));
-        let mut inner = self.ha.write();
-        inner.own = Some(Arc::new(ad));
-        inner.leader = None;
-        inner.looked_up_for = None;
-        drop(inner);
-        tracing::info!("ha: this node is now active");
+        {
+            let mut inner = self.ha.write();
+            inner.own = Some(Arc::new(ad.clone()));
+            inner.leader = None;
+            inner.looked_up_for = None;
+            inner.leader_seen_at = None;
+        }
+        self.ha.changed.notify_waiters();
+        tracing::info!(elapsed_ms = ms(started), "ha: this node is now active");
+        // Older advertisements only after serving: standbys pick the newest of the leader's, so
+        // they are clutter, not a hazard, and each delete is a Raft round trip.
+        let removed = async {
+            let old = view.list(ADVERTISEMENT_PREFIX).await?;
+            for uuid in old.iter().filter(|u| **u != ad.uuid).take(MAX_ADVERTISEMENTS) {
+                view.delete(&format!("{ADVERTISEMENT_PREFIX}{uuid}")).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = removed.await {
+            tracing::debug!(error = %e, "ha: removing older advertisements failed; the next leader retries");
+        }
         Ok(())
     }
 
@@ -355,10 +432,8 @@ impl Core {
         }
         if same_key {
             if let Some((applied, at)) = last_miss {
-                if applied == st.applied_index && at.elapsed() < REREAD_INTERVAL * 5 {
-                    return;
-                }
-                if at.elapsed() < REREAD_INTERVAL {
+                let wait = if applied == st.applied_index { REREAD_MAX } else { REREAD_MIN };
+                if at.elapsed() < wait {
                     return;
                 }
             }
@@ -374,9 +449,25 @@ impl Core {
             },
         };
         let mut inner = self.ha.write();
+        if !same_key {
+            inner.leader_seen_at = Some(Instant::now());
+        }
         inner.last_miss = if found.is_none() { Some((st.applied_index, Instant::now())) } else { None };
+        let learned = found.is_some();
+        if let (Some(ad), Some(seen)) = (&found, inner.leader_seen_at) {
+            tracing::debug!(
+                term = st.term,
+                active = %ad.cluster_addr,
+                after_ms = seen.elapsed().as_millis() as u64,
+                "ha: found the active node's advertisement"
+            );
+        }
         inner.leader = found;
         inner.looked_up_for = key;
+        drop(inner);
+        if learned {
+            self.ha.changed.notify_waiters();
+        }
     }
 
     async fn read_advertisements(&self) -> Result<Vec<LeaderAdvertisement>> {
@@ -459,6 +550,15 @@ mod tests {
         let got = pick_advertisement(vec![old, new.clone(), elsewhere, mine.clone()], "https://b:1", "https://a:1");
         assert_eq!(got.map(|a| a.uuid), Some(new.uuid));
         assert!(pick_advertisement(vec![mine], "https://a:1", "https://a:1").is_none(), "a stale advertisement of this node is ignored");
+    }
+
+    #[test]
+    fn the_lease_ends_before_a_vote_can_be_granted_and_outlasts_a_heartbeat_round() {
+        // Never two actives: a voter grants no vote within LEADER_LEASE of hearing the leader.
+        assert!(LEASE < vaultd_raft::LEADER_LEASE);
+        assert!(vaultd_raft::LEADER_LEASE - LEASE >= Duration::from_millis(100), "margin for a late metrics report");
+        // openraft sends a heartbeat every 1.5 intervals; the lease must outlast one round.
+        assert!(LEASE > vaultd_raft::HEARTBEAT_INTERVAL * 3 / 2 + Duration::from_millis(50));
     }
 
     #[test]

@@ -412,7 +412,7 @@ async fn learners_catch_up_by_cut_batches_and_by_chunked_snapshot() {
 
     // A voter that restarts without its cluster port (a sealed node: no cluster TLS yet) must not
     // campaign: it would only raise its term, and depose the leader once reachable. A follower
-    // that hears nothing campaigns after 1.2-1.6 s (election timeout plus leader lease).
+    // that hears nothing campaigns after 0.6-0.95 s (election timeout plus leader lease).
     n2.shutdown().await.expect("shutdown node 2");
     drop(n2);
     let n2 = RaftNode::open(config(dirs[1].path(), "node-2", ports[1])).await.expect("reopen");

@@ -72,14 +72,16 @@
 //!
 //! ## Timing
 //!
-//! The Raft timing suits a LAN: heartbeats every 100 ms; a follower that hears nothing for
-//! 400-800 ms calls an election. The minimum is four heartbeats so that a few late or lost ones
-//! (an fsync stall, CPU contention on a 2-core host) do not depose a healthy leader; the maximum is
-//! twice the minimum so that candidates' timers spread out and split votes stay rare. openraft
-//! adds its leader lease (the maximum election timeout, 800 ms) before a follower that has seen a
-//! leader campaigns, so a failed leader is replaced 1.2-1.6 s after its last heartbeat
-//! (`three_nodes_replicate_fail_over_and_catch_up` measures 1.25-1.55 s over TLS on loopback, and
-//! the first write on the new leader a millisecond later).
+//! The Raft timing suits a LAN and aims at a failover under a second. openraft runs its timers
+//! on a tick of 1.5 heartbeat intervals, and a leader sends a heartbeat on each tick: every
+//! 150 ms with [`HEARTBEAT_INTERVAL`] = 100 ms. A follower calls an election once it has heard
+//! nothing for openraft's leader lease (the maximum election timeout, [`LEADER_LEASE`], 400 ms)
+//! plus its own election timeout (drawn once per process from 200-400 ms), checked on the next
+//! tick: 600-950 ms, four heartbeats at least, so that a few late or lost ones (an fsync stall,
+//! CPU contention on a 2-core host) do not depose a healthy leader. The maximum is twice the
+//! minimum so that candidates' timers spread out and split votes stay rare. A SIGKILLed leader
+//! is replaced, and the first write acknowledged through a survivor, 0.6-1.0 s after the kill
+//! (`bench/ha.sh`).
 //!
 //! openraft 0.9 gives an AppendEntries only the heartbeat interval to complete, so the transport
 //! asks openraft to split an AppendEntries above 4 MiB (`network.rs`); one entry, up to
@@ -138,8 +140,15 @@ use crate::types::{Op, TypeConfig};
 /// openraft's leader lease, which is its maximum election timeout: a voter that heard from a
 /// leader grants no vote to another candidate until this long has passed. The server's HA lease
 /// (`vaultd::ha::LEASE`) must stay below it, so that a leader cut off from its quorum stops
-/// serving before another can be elected.
-pub const LEADER_LEASE: Duration = Duration::from_millis(800);
+/// serving before another can be elected. See "Timing" in the crate docs.
+pub const LEADER_LEASE: Duration = Duration::from_millis(400);
+
+/// openraft's heartbeat interval, which is also the timeout of every AppendEntries (0.9 gives
+/// it no other); it ticks, and so sends heartbeats, every 1.5 intervals.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest election timeout; a follower's is drawn from here up to [`LEADER_LEASE`].
+const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 
 /// How long `bootstrap_single` waits for this node to become leader. A one-voter cluster elects
 /// itself at once; the margin covers a slow first sync.
@@ -717,8 +726,8 @@ fn raft_config() -> Result<openraft::Config, RaftError> {
     let config = openraft::Config {
         cluster_name: "vaultd".into(),
         // See "Timing" in the crate docs.
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
+        heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
+        election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
         election_timeout_max: LEADER_LEASE.as_millis() as u64,
         // Per snapshot chunk, sent and installed; 3 MiB crosses a LAN in milliseconds, the rest
         // is margin for the receiver's sync.

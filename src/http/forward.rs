@@ -52,11 +52,10 @@ pub(crate) async fn intercept(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<HttpResponse> {
-    let state = core.ha_state();
     if forwarded {
         // The standby saw an older advertisement. Refusing (never forwarding again) keeps a
         // request from circling; the standby redirects its client or retries.
-        return match state {
+        return match core.await_active(true).await {
             HaState::Active => None,
             _ => {
                 let mut resp = StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -65,7 +64,7 @@ pub(crate) async fn intercept(
             }
         };
     }
-    let HaState::Standby { leader } = state else { return None };
+    let HaState::Standby { leader } = core.ha_state() else { return None };
     let path = path.trim_end_matches('/');
     if path == "sys/seal" && (method == Method::PUT || method == Method::POST) {
         return Some(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
@@ -74,8 +73,14 @@ pub(crate) async fn intercept(
     if answered_locally(path) || path == "sys/seal" || core.removed_from_cluster() {
         return None;
     }
-    let Some(leader) = leader else {
-        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE));
+    // Leadership is changing: wait briefly for the new active node rather than fail.
+    let leader = match leader {
+        Some(leader) => leader,
+        None => match core.await_active(false).await {
+            HaState::Active => return None,
+            HaState::Standby { leader: Some(leader) } => leader,
+            _ => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE)),
+        },
     };
     let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
     if no_forwarding || always_redirected(path) {
