@@ -10,7 +10,8 @@
 //! The bridge lives in a namespace of its own so the host's firewall and routes never see node
 //! traffic; the test process reaches the nodes through one veth of its own on the bridge.
 //! [`Netns::partition`] takes a node's bridge port down: the node is cut off from its peers and
-//! from the test client alike, as if its cable were pulled. Every name carries this process's pid
+//! from the test client alike, as if its cable were pulled. [`Netns::isolate_from_peers`] cuts it
+//! off from its peers only, so the test can watch how it answers clients meanwhile. Every name carries this process's pid
 //! and a per-process counter, so parallel tests never collide, and namespaces left behind by a
 //! killed test run (their pid is gone) are removed by the next [`Netns::new`].
 //!
@@ -188,6 +189,27 @@ impl Netns {
     /// Undoes [`Netns::partition`].
     pub fn heal(&self, i: usize) -> Result<(), String> {
         self.in_ns(&self.bridge_ns, &["link", "set", &self.port_if(i), "up"]).map(|_| ())
+    }
+
+    /// Cuts node `i` off from the other nodes only, both ways, while the test (in the root
+    /// namespace) still reaches every node: blackhole routes for the peers' addresses inside
+    /// node `i`'s namespace and for node `i`'s address inside each peer's. A client of the cut
+    /// off node sees what it would in a real split: a node that answers but has no quorum.
+    pub fn isolate_from_peers(&self, i: usize) -> Result<(), String> {
+        self.peer_routes(i, "add")
+    }
+
+    /// Undoes [`Netns::isolate_from_peers`].
+    pub fn rejoin_peers(&self, i: usize) -> Result<(), String> {
+        self.peer_routes(i, "del")
+    }
+
+    fn peer_routes(&self, i: usize, op: &str) -> Result<(), String> {
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+            self.in_ns(&self.nodes[i], &["route", op, "blackhole", &format!("{}/32", self.ip(j))])?;
+            self.in_ns(&self.nodes[j], &["route", op, "blackhole", &format!("{}/32", self.ip(i))])?;
+        }
+        Ok(())
     }
 }
 
