@@ -83,6 +83,9 @@ pub struct CoreConfig {
     pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
+    /// Whether a standby serves reads from its local replica (`disable_performance_standby` and
+    /// `disable_standby_reads` turn it off).
+    pub performance_standby: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +144,7 @@ pub struct Core {
     pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
+    performance_standby: bool,
     ready: AtomicBool,
     lifecycle: Mutex<Option<UnsealProgress>>,
     /// Serialises mount and auth table changes (read-modify-write of one document).
@@ -178,6 +182,7 @@ impl Core {
             cluster_bind: cfg.cluster_bind,
             default_lease_ttl: cfg.default_lease_ttl,
             max_lease_ttl: cfg.max_lease_ttl,
+            performance_standby: cfg.performance_standby,
             ready: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
             mount_lock: Mutex::new(()),
@@ -207,6 +212,17 @@ impl Core {
 
     pub fn ha_enabled(&self) -> bool {
         matches!(self.storage, StorageKind::Raft(_))
+    }
+
+    /// Whether this node is a performance standby now: an unsealed standby on integrated storage
+    /// with standby reads enabled. It serves reads locally and forwards writes.
+    pub fn is_performance_standby(&self) -> bool {
+        self.performance_standby && matches!(self.ha_state(), crate::ha::HaState::Standby { .. }) && !self.removed_from_cluster()
+    }
+
+    /// Whether standby reads are enabled by configuration.
+    pub fn performance_standby_enabled(&self) -> bool {
+        self.performance_standby
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftNode>> {
@@ -1012,6 +1028,7 @@ mod tests {
             cluster_bind: None,
             default_lease_ttl: 768 * 3600,
             max_lease_ttl: 768 * 3600,
+            performance_standby: true,
         });
         core.dev_setup(Some("root")).await.unwrap();
         core

@@ -658,6 +658,45 @@ impl RaftNode {
         };
         propose(queue, ops).await
     }
+
+    /// On the leader: a ReadIndex round (openraft's `get_read_log_id`, heartbeats to a quorum
+    /// that confirm this node still leads), then the wait until this node has applied up to the
+    /// returned index. The index is what any node must have applied before a read it serves is
+    /// linearizable. Fails on a node that is not (or no longer) the leader, or without a quorum
+    /// within `timeout`.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let deadline = Instant::now() + timeout;
+        let round = tokio::time::timeout(timeout, self.raft.get_read_log_id()).await;
+        let index = match round {
+            Err(_) => return Err(RaftError::Timeout(timeout, "a quorum to confirm the leader")),
+            Ok(Ok((read, _))) => read.map(|l| l.index).unwrap_or(0),
+            Ok(Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(RaftError::NotLeader { leader_api_addr: f.leader_node.map(|n| n.api_addr) })
+            }
+            Ok(Err(OpenraftError::APIError(e))) => {
+                return Err(RaftError::Stopped(format!("lost leadership: {e}")))
+            }
+            Ok(Err(OpenraftError::Fatal(f))) => return Err(RaftError::Stopped(f.to_string())),
+        };
+        self.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await?;
+        Ok(index)
+    }
+
+    /// Waits, at most `timeout`, until this node's state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        if self.leader_state_and_applied().1 >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied index")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => RaftError::Timeout(timeout, "this node to apply the index"),
+                WaitError::ShuttingDown => RaftError::Stopped("raft is shutting down".into()),
+            })
+    }
 }
 
 fn status_from(

@@ -3,14 +3,16 @@
 //! cluster port and relay the answer unchanged (Vault's default; `internal/http/handler.go`
 //! `handleRequestForwarding`, `respondStandby`).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::json;
 
+use super::{consistency, metrics};
 use crate::core::Core;
+use crate::error::Error;
 use crate::forwarding::{ForwardedRequest, Forwarder, NotActive};
 use crate::ha::{HaState, LeaderAdvertisement};
 
@@ -33,6 +35,7 @@ fn answered_locally(path: &str) -> bool {
             | "sys/storage/raft/join"
             | "sys/storage/raft/bootstrap/challenge"
             | "sys/storage/raft/bootstrap/answer"
+            | "sys/metrics"
     )
 }
 
@@ -41,8 +44,27 @@ fn always_redirected(path: &str) -> bool {
     path == "sys/storage/raft/snapshot" || path.starts_with("sys/storage/raft/snapshot-")
 }
 
-/// `Some(response)` when this node must not dispatch the request itself. `path` is the decoded
-/// path after `/v1/`; `forwarded` says it came over the forwarding channel from a standby.
+/// What the HTTP layer does with a request, decided before dispatch.
+pub(crate) enum Decision {
+    /// Answered already (forwarded, redirected, refused).
+    Respond(HttpResponse),
+    /// Dispatch here: this node is active (or not clustered), or the endpoint is answered by
+    /// every node itself.
+    Dispatch,
+    /// A performance standby serves it from its local replica (read-only), unless it turns out
+    /// to write; the active node to forward to then.
+    Local(Arc<LeaderAdvertisement>),
+}
+
+/// Reads a performance standby tries locally. Every other method writes by intent and goes to
+/// the active node whole: run against a stale replica, a write could fail a check (a KV v2
+/// `cas`) that the active node would pass, and answer before attempting any write.
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD || method.as_str() == "LIST"
+}
+
+/// What to do with a request before dispatch. `path` is the decoded path after `/v1/`;
+/// `forwarded` says it came over the forwarding channel from a standby.
 pub(crate) async fn intercept(
     core: &Core,
     forwarded: bool,
@@ -51,51 +73,88 @@ pub(crate) async fn intercept(
     path: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Option<HttpResponse> {
+) -> Decision {
     let state = core.ha_state();
     if forwarded {
         // The standby saw an older advertisement. Refusing (never forwarding again) keeps a
         // request from circling; the standby redirects its client or retries.
         return match state {
-            HaState::Active => None,
+            HaState::Active => Decision::Dispatch,
             _ => {
                 let mut resp = StatusCode::SERVICE_UNAVAILABLE.into_response();
                 resp.extensions_mut().insert(NotActive);
-                Some(resp)
+                Decision::Respond(resp)
             }
         };
     }
-    let HaState::Standby { leader } = state else { return None };
+    let HaState::Standby { leader } = state else { return Decision::Dispatch };
     let path = path.trim_end_matches('/');
     if path == "sys/seal" && (method == Method::PUT || method == Method::POST) {
-        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
+        return Decision::Respond(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
     }
     // A removed node is no longer a member: it neither forwards nor serves (the core refuses).
     if answered_locally(path) || path == "sys/seal" || core.removed_from_cluster() {
-        return None;
+        return Decision::Dispatch;
     }
     let Some(leader) = leader else {
-        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE));
+        return Decision::Respond(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE));
     };
-    let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
-    if no_forwarding || always_redirected(path) {
-        return Some(redirect(&leader, uri));
+    if always_redirected(path) {
+        return Decision::Respond(redirect(&leader, uri));
     }
+    // A performance standby ignores X-Vault-No-Request-Forwarding for the reads it serves, as
+    // Vault's do.
+    if core.performance_standby_enabled() && is_read(method) {
+        return Decision::Local(leader);
+    }
+    let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
+    if no_forwarding {
+        return Decision::Respond(redirect(&leader, uri));
+    }
+    Decision::Respond(forward(&leader, method, uri, headers, body).await)
+}
+
+/// Forwards the request whole to the active node and relays its answer; a request that cannot
+/// be forwarded is redirected, as Vault does.
+pub(crate) async fn forward(leader: &LeaderAdvertisement, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> HttpResponse {
     let req = ForwardedRequest {
         method: method.as_str().to_string(),
-        path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
+        path_and_query: path_and_query(uri),
         headers: headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect(),
         body: body.to_vec(),
         client_addr: None,
     };
-    match FORWARDER.forward(&leader, req).await {
-        Ok(resp) => Some(relay(resp)),
+    metrics::FORWARDED.inc();
+    match FORWARDER.forward(leader, req).await {
+        Ok(resp) => relay(resp),
         Err(e) => {
-            // As Vault: a request that cannot be forwarded is redirected.
             tracing::warn!(active = %leader.cluster_addr, "request forwarding failed, redirecting: {e}");
-            Some(redirect(&leader, uri))
+            redirect(leader, uri)
         }
     }
+}
+
+/// Asks the active node for its read index (one round trip; the active node confirms its
+/// leadership with a quorum first).
+pub(crate) async fn read_index(leader: &LeaderAdvertisement) -> Result<u64, Error> {
+    let req = ForwardedRequest {
+        method: "GET".into(),
+        path_and_query: format!("/v1/{}", consistency::READ_INDEX_PATH),
+        headers: Vec::new(),
+        body: Vec::new(),
+        client_addr: None,
+    };
+    metrics::READ_INDEX.inc();
+    let resp = FORWARDER.forward(leader, req).await?;
+    if resp.status != 200 {
+        return Err(Error::Unavailable(format!("the active node refused a read index: {}", resp.status)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
+    v["index"].as_u64().ok_or_else(|| Error::internal("the active node sent no read index"))
+}
+
+fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
 }
 
 fn error(status: StatusCode, msg: &str) -> HttpResponse {
@@ -113,7 +172,7 @@ fn redirect(leader: &LeaderAdvertisement, uri: &Uri) -> HttpResponse {
         Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
         None => base.to_string(),
     };
-    let target = uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    let target = path_and_query(uri);
     let location = format!("{base}{target}");
     let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
     match HeaderValue::from_str(&location) {
