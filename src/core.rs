@@ -53,6 +53,10 @@ use crate::view::{View, ViewOp};
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// How long unseal on a member of a multi-node cluster waits to find its leader.
 const CLUSTER_WAIT: Duration = Duration::from_secs(5);
+/// Most log entries, and keys in them, a follower reads back to invalidate its caches key by
+/// key; beyond either it drops every cache instead (bounded work per refresh).
+const MAX_INVALIDATION_ENTRIES: u64 = 4096;
+const MAX_INVALIDATION_KEYS: usize = 65_536;
 /// Upper bound on keys removed when a mount is disabled in one call (bounded memory).
 const MAX_UNMOUNT_KEYS: usize = 1_000_000;
 
@@ -474,11 +478,13 @@ impl Core {
 
     /// A follower's caches (tokens, policies, compiled ACLs, engines' state) and mount routes are
     /// filled from its local store, which the leader changes under it through Raft: whenever
-    /// entries were applied since the last request, drop the caches and rebuild the routes from
-    /// the stored tables, so that a revoked token or a changed policy or mount takes effect here
-    /// as soon as it is applied. Coarse (any write invalidates everything); per-key invalidation
-    /// comes with performance standbys. The leader changes all of these through its own code
-    /// paths, which invalidate as they go, so it only records where it is.
+    /// entries were applied since the last request, drop what those entries changed (the keys
+    /// they wrote, read back from the local log: [`Core::invalidate_written`]), so that a
+    /// revoked token or a changed policy or mount takes effect here as soon as it is applied,
+    /// while a stream of KV writes leaves the caches a standby's reads need alone. When the keys
+    /// cannot be known (entries behind a snapshot, a restore, too many), everything is dropped
+    /// and the routes rebuilt. The leader changes all of these through its own code paths, which
+    /// invalidate as they go, so it only records where it is.
     async fn sync_follower(&self) -> Result<()> {
         let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
         let (leader, applied) = raft.leader_state_and_applied();
@@ -495,16 +501,59 @@ impl Core {
         // Read again under the lock: applies may have continued, and another request may have
         // refreshed meanwhile.
         let (leader, applied) = raft.leader_state_and_applied();
-        if leader == self.synced_as_leader.load(Ordering::Acquire) && self.follower_synced.load(Ordering::Acquire) == applied {
+        let (was_leader, synced) = (self.synced_as_leader.load(Ordering::Acquire), self.follower_synced.load(Ordering::Acquire));
+        if leader == was_leader && synced == applied {
             return Ok(());
         }
-        // A follower that just became leader refreshes once too: it applied the old leader's
-        // entries before its term started.
+        // A follower that just became leader refreshes everything once: it applied the old
+        // leader's entries before its term started. So does a node that never synced.
         // Mount changes on a new leader rebuild the routes under this lock too.
         let _mounts = self.mount_lock.lock().await;
-        self.reload_stored_state().await?;
+        let written = if leader || was_leader || synced == 0 || applied < synced {
+            None
+        } else {
+            raft.keys_written(synced, applied, MAX_INVALIDATION_ENTRIES, MAX_INVALIDATION_KEYS)
+        };
+        match written {
+            Some(keys) => self.invalidate_written(&keys).await?,
+            None => self.reload_stored_state().await?,
+        }
         self.follower_synced.store(applied, Ordering::Release);
         self.synced_as_leader.store(leader, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops what the storage keys `keys` (written by the leader, applied here) were cached as:
+    /// a token entry, the policies, the routes (mount or auth table, or an engine's cached
+    /// state). OpenBao routes its FSM's applied keys the same way (`invalidation.go`). The caller
+    /// holds `mount_lock`.
+    async fn invalidate_written(&self, keys: &[String]) -> Result<()> {
+        let mut routes = false;
+        let mut policies = false;
+        for key in keys {
+            if let Some(hash) = key.strip_prefix("sys/token/id/") {
+                self.tokens.evict(hash);
+            } else if key.starts_with("sys/policy/") {
+                policies = true;
+            } else if key.strip_prefix("core/").is_some_and(|k| k == MOUNT_TABLE_KEY || k == AUTH_TABLE_KEY) {
+                routes = true;
+            } else if key.starts_with("logical/") || key.starts_with("auth/") {
+                routes |= match self.router.by_storage_key(key) {
+                    Some((route, rest)) => engine_caches(&route.entry.kind, &rest),
+                    // A mount this node does not route yet: its table change rebuilds.
+                    None => false,
+                };
+            }
+        }
+        if policies {
+            self.policies.invalidate();
+        }
+        if routes {
+            let core = self.core_view();
+            let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
+            let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
+            self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
+        }
         Ok(())
     }
 
@@ -1005,6 +1054,17 @@ impl Core {
     /// answers 530 and requests are refused. Durable across restarts (the raft crate records it).
     pub fn removed_from_cluster(&self) -> bool {
         self.raft().is_some_and(|r| r.is_removed())
+    }
+}
+
+/// Whether a write to an engine's storage key `rest` can stale what the engine caches in
+/// memory: KV v2 caches its `config`, transit its parsed keys; KV data, userpass and approle
+/// are read from storage on every request. Unknown kinds are assumed to cache.
+fn engine_caches(kind: &str, rest: &str) -> bool {
+    match kind {
+        "kv" => rest == "config",
+        "userpass" | "approle" => false,
+        _ => true,
     }
 }
 

@@ -697,6 +697,46 @@ impl RaftNode {
                 WaitError::ShuttingDown => RaftError::Stopped("raft is shutting down".into()),
             })
     }
+
+    /// The storage keys the log entries in `(after, upto]` wrote, read back from the local log,
+    /// for a node that keeps caches of what it read and must drop what changed under it. `None`
+    /// when the caller must assume anything changed: an entry is no longer in the log (purged
+    /// behind a snapshot, or a snapshot was installed), an entry is part of a restore, or there
+    /// are more than `max_keys` keys or `max_entries` entries.
+    pub fn keys_written(&self, after: u64, upto: u64, max_entries: u64, max_keys: usize) -> Option<Vec<String>> {
+        if upto <= after {
+            return Some(Vec::new());
+        }
+        if upto - after > max_entries {
+            return None;
+        }
+        let store = {
+            let open = self.open.read().ok()?;
+            Arc::clone(&open.as_ref()?.store)
+        };
+        let mut keys = Vec::new();
+        let mut expect = after + 1;
+        for item in store.log.range((after + 1).to_be_bytes()..=upto.to_be_bytes()) {
+            let (key, raw) = item.ok()?;
+            if store::u64_from_be(&key, "a log key").ok()? != expect {
+                return None;
+            }
+            expect += 1;
+            let entry: openraft::Entry<TypeConfig> = store::decode(&raw, "a log entry").ok()?;
+            if let openraft::EntryPayload::Normal(req) = entry.payload {
+                for op in req.ops {
+                    match op {
+                        Op::Put { key, .. } | Op::Delete { key } => keys.push(key),
+                        _ => return None,
+                    }
+                }
+                if keys.len() > max_keys {
+                    return None;
+                }
+            }
+        }
+        (expect == upto + 1).then_some(keys)
+    }
 }
 
 fn status_from(

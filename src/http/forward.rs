@@ -111,12 +111,15 @@ pub(crate) async fn intercept(
     if no_forwarding {
         return Decision::Respond(redirect(&leader, uri));
     }
-    Decision::Respond(forward(&leader, method, uri, headers, body).await)
+    Decision::Respond(forward(core, &leader, method, uri, headers, body).await)
 }
 
 /// Forwards the request whole to the active node and relays its answer; a request that cannot
-/// be forwarded is redirected, as Vault does.
-pub(crate) async fn forward(leader: &LeaderAdvertisement, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> HttpResponse {
+/// be forwarded is redirected, as Vault does. When the request wrote, the answer waits (at most
+/// [`consistency::INDEX_WAIT`]) until this node has applied the write too, so a client that
+/// reads from the node it wrote through sees its write (Vault's perf standbys wait for their
+/// forwarded writes the same way, `best_effort_wal_wait_duration`).
+pub(crate) async fn forward(core: &Core, leader: &LeaderAdvertisement, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> HttpResponse {
     let req = ForwardedRequest {
         method: method.as_str().to_string(),
         path_and_query: path_and_query(uri),
@@ -126,7 +129,14 @@ pub(crate) async fn forward(leader: &LeaderAdvertisement, method: &Method, uri: 
     };
     metrics::FORWARDED.inc();
     match FORWARDER.forward(leader, req).await {
-        Ok(resp) => relay(resp),
+        Ok(resp) => {
+            if let (Some(raft), Some(index)) = (core.raft(), written_index(&resp)) {
+                if let Err(e) = raft.wait_applied(index, consistency::INDEX_WAIT).await {
+                    tracing::debug!("a forwarded write is not applied here yet: {e}");
+                }
+            }
+            relay(resp)
+        }
         Err(e) => {
             tracing::warn!(active = %leader.cluster_addr, "request forwarding failed, redirecting: {e}");
             redirect(leader, uri)
@@ -151,6 +161,14 @@ pub(crate) async fn read_index(leader: &LeaderAdvertisement) -> Result<u64, Erro
     }
     let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
     v["index"].as_u64().ok_or_else(|| Error::internal("the active node sent no read index"))
+}
+
+/// The index a forwarded request's answer says it wrote at: the active node's applied index,
+/// on answers that carry an `X-Vault-Index` (writes).
+fn written_index(resp: &crate::forwarding::ForwardedResponse) -> Option<u64> {
+    let has = |name: &str| resp.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    has(consistency::INDEX)?;
+    std::str::from_utf8(has(consistency::APPLIED_INDEX)?).ok()?.trim().parse().ok()
 }
 
 fn path_and_query(uri: &Uri) -> String {

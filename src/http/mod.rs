@@ -320,13 +320,13 @@ async fn serve_on_standby(
             metrics::STANDBY_INDEX_FAILED.inc();
             return json_response(StatusCode::PRECONDITION_FAILED, &json!({ "errors": [consistency::INDEX_NOT_PRESENT] }));
         }
-        return forward::forward(leader, &method, &uri, &headers, &body).await;
+        return forward::forward(core, leader, &method, &uri, &headers, &body).await;
     }
     let inc = Incoming { method: method.clone(), path, query: parse_query(&uri), headers: headers.clone(), body: body.clone() };
     let (resp, wrote) = crate::read_only::run(dispatch(state, inc)).await;
     if wrote {
         metrics::STANDBY_WRITE_FORWARDED.inc();
-        return forward::forward(leader, &method, &uri, &headers, &body).await;
+        return forward::forward(core, leader, &method, &uri, &headers, &body).await;
     }
     metrics::STANDBY_LOCAL.inc();
     resp
