@@ -711,7 +711,13 @@ impl Core {
             return Ok(Authz::Unauthenticated);
         }
         let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
-        let (hash, entry) = self.tokens.lookup(token).await?;
+        let (hash, entry) = match self.tokens.lookup(token).await {
+            Ok(found) => found,
+            Err(e) => {
+                crate::read_only::note_unknown_token();
+                return Err(e);
+            }
+        };
         let acl = self.policies.acl(&entry.policies).await?;
         if !acl.is_root() {
             let op = match req.op {

@@ -1,7 +1,8 @@
 //! What a standby does with a request before dispatch: answer it itself (the lifecycle
-//! endpoints), redirect the client to the active node (307), or forward the request over the
-//! cluster port and relay the answer unchanged (Vault's default; `internal/http/handler.go`
-//! `handleRequestForwarding`, `respondStandby`).
+//! endpoints, `sys/metrics`), serve a read from its local replica (a performance standby; see
+//! `serve_on_standby` in the parent module), redirect the client to the active node (307), or
+//! forward the request over the cluster port and relay the answer unchanged (Vault's default;
+//! `internal/http/handler.go` `handleRequestForwarding`, `respondStandby`).
 
 use std::sync::{Arc, LazyLock};
 

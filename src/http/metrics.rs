@@ -37,7 +37,8 @@ pub static FORWARDED: Counter = Counter::new();
 pub static READ_INDEX: Counter = Counter::new();
 /// Requests this standby served from its local replica.
 pub static STANDBY_LOCAL: Counter = Counter::new();
-/// Requests this standby started locally, that tried to write, and were then forwarded.
+/// Requests this standby started locally and then forwarded (they tried to write, or their
+/// token is not known here).
 pub static STANDBY_WRITE_FORWARDED: Counter = Counter::new();
 /// Requests this standby refused with 412 (index not reached in time).
 pub static STANDBY_INDEX_FAILED: Counter = Counter::new();

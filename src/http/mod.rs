@@ -287,7 +287,8 @@ async fn serve_read_index(core: &Core) -> HttpResponse {
 
 /// A read on a performance standby: reach the state the request asks for, then run it against
 /// the local replica, read-only; forward it whole if it tries to write (a token use count, a
-/// lease) or if the state cannot be reached in time.
+/// lease), if its token is unknown here (the active node may have just created it), or if the
+/// state cannot be reached in time.
 async fn serve_on_standby(
     state: &AppState,
     leader: &crate::ha::LeaderAdvertisement,
@@ -323,8 +324,8 @@ async fn serve_on_standby(
         return forward::forward(core, leader, &method, &uri, &headers, &body).await;
     }
     let inc = Incoming { method: method.clone(), path, query: parse_query(&uri), headers: headers.clone(), body: body.clone() };
-    let (resp, wrote) = crate::read_only::run(dispatch(state, inc)).await;
-    if wrote {
+    let (resp, outcome) = crate::read_only::run(dispatch(state, inc)).await;
+    if outcome.must_forward() {
         metrics::STANDBY_WRITE_FORWARDED.inc();
         return forward::forward(core, leader, &method, &uri, &headers, &body).await;
     }
