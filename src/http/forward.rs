@@ -40,6 +40,19 @@ fn answered_locally(path: &str) -> bool {
     )
 }
 
+/// Reads only the active node can answer (what it knows as Raft leader: contact times, autopilot
+/// health, the configuration it commits): a performance standby forwards them as a plain
+/// standby does (Vault Enterprise keeps such a list, `perfStandbyAlwaysForwardPaths`).
+fn always_forwarded(path: &str) -> bool {
+    matches!(
+        path,
+        "sys/ha-status"
+            | "sys/storage/raft/configuration"
+            | "sys/storage/raft/autopilot/state"
+            | "sys/storage/raft/autopilot/configuration"
+    )
+}
+
 /// Snapshot save and restore always redirect: Vault streams them, it never forwards them.
 fn always_redirected(path: &str) -> bool {
     path == "sys/storage/raft/snapshot" || path.starts_with("sys/storage/raft/snapshot-")
@@ -105,7 +118,7 @@ pub(crate) async fn intercept(
     }
     // A performance standby ignores X-Vault-No-Request-Forwarding for the reads it serves, as
     // Vault's do.
-    if core.performance_standby_enabled() && is_read(method) {
+    if core.performance_standby_enabled() && is_read(method) && !always_forwarded(path) {
         return Decision::Local(leader);
     }
     let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
@@ -228,6 +241,8 @@ mod tests {
         for p in ["sys/step-down", "sys/ha-status", "secret/data/x", "sys/storage/raft/configuration"] {
             assert!(!answered_locally(p), "{p}");
         }
+        assert!(always_forwarded("sys/ha-status") && always_forwarded("sys/storage/raft/autopilot/state"));
+        assert!(!always_forwarded("secret/data/x") && !always_forwarded("sys/mounts"));
         assert!(always_redirected("sys/storage/raft/snapshot"));
         assert!(always_redirected("sys/storage/raft/snapshot-force"));
         assert!(!always_redirected("sys/storage/raft/snapshots"));
