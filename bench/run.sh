@@ -138,3 +138,6 @@ echo "targets (issue 2): reads >= 25000/s; writes >= 5x OpenBao"
 for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 echo
 BAO_BIN="$BAO" VAULTD_BIN="$VAULTD" bash bench/cluster.sh
+# Reads through the active node, a standby and all three nodes of each cluster (issue 6).
+echo
+BAO_BIN="$BAO" VAULTD_BIN="$VAULTD" bash bench/reads.sh

@@ -135,6 +135,10 @@ pub enum BarrierError {
     /// `NotLeader` becomes request forwarding).
     #[error(transparent)]
     Storage(#[from] vaultd_storage::Error),
+    /// A write inside [`crate::read_only::run`] (a request served by a performance standby);
+    /// OpenBao's `ErrReadOnly` text. The caller forwards the request instead of answering.
+    #[error("cannot write to readonly storage")]
+    ReadOnly,
 }
 
 /// The root key: encrypts the keyring. 32 bytes, zeroized on drop, never printed.
@@ -621,6 +625,9 @@ impl Barrier {
 
     pub async fn put(&self, path: &str, plaintext: &[u8]) -> Result<(), BarrierError> {
         check_path(path)?;
+        if crate::read_only::refuse_write() {
+            return Err(BarrierError::ReadOnly);
+        }
         let (ciphertext, attention) = {
             let st = self.read_state();
             st.keyring.as_ref().ok_or(BarrierError::Sealed)?.encrypt(path, plaintext)?
@@ -634,6 +641,9 @@ impl Barrier {
 
     pub async fn delete(&self, path: &str) -> Result<(), BarrierError> {
         check_path(path)?;
+        if crate::read_only::refuse_write() {
+            return Err(BarrierError::ReadOnly);
+        }
         if self.sealed() {
             return Err(BarrierError::Sealed);
         }
@@ -652,6 +662,9 @@ impl Barrier {
     pub async fn transaction(&self, ops: Vec<BarrierOp>) -> Result<(), BarrierError> {
         for op in &ops {
             check_path(op.path())?;
+        }
+        if crate::read_only::refuse_write() {
+            return Err(BarrierError::ReadOnly);
         }
         let mut txn = Vec::with_capacity(ops.len());
         let mut attention = false;

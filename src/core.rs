@@ -53,6 +53,10 @@ use crate::view::{View, ViewOp};
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 /// How long unseal on a member of a multi-node cluster waits to find its leader.
 const CLUSTER_WAIT: Duration = Duration::from_secs(5);
+/// Most log entries, and keys in them, a follower reads back to invalidate its caches key by
+/// key; beyond either it drops every cache instead (bounded work per refresh).
+const MAX_INVALIDATION_ENTRIES: u64 = 4096;
+const MAX_INVALIDATION_KEYS: usize = 65_536;
 /// Upper bound on keys removed when a mount is disabled in one call (bounded memory).
 const MAX_UNMOUNT_KEYS: usize = 1_000_000;
 
@@ -83,6 +87,9 @@ pub struct CoreConfig {
     pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
+    /// Whether a standby serves reads from its local replica (`disable_performance_standby` and
+    /// `disable_standby_reads` turn it off).
+    pub performance_standby: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +148,7 @@ pub struct Core {
     pub cluster_bind: Option<SocketAddr>,
     pub default_lease_ttl: u64,
     pub max_lease_ttl: u64,
+    performance_standby: bool,
     ready: AtomicBool,
     lifecycle: Mutex<Option<UnsealProgress>>,
     /// Serialises mount and auth table changes (read-modify-write of one document).
@@ -178,6 +186,7 @@ impl Core {
             cluster_bind: cfg.cluster_bind,
             default_lease_ttl: cfg.default_lease_ttl,
             max_lease_ttl: cfg.max_lease_ttl,
+            performance_standby: cfg.performance_standby,
             ready: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
             mount_lock: Mutex::new(()),
@@ -207,6 +216,17 @@ impl Core {
 
     pub fn ha_enabled(&self) -> bool {
         matches!(self.storage, StorageKind::Raft(_))
+    }
+
+    /// Whether this node is a performance standby now: an unsealed standby on integrated storage
+    /// with standby reads enabled. It serves reads locally and forwards writes.
+    pub fn is_performance_standby(&self) -> bool {
+        self.performance_standby && matches!(self.ha_state(), crate::ha::HaState::Standby { .. }) && !self.removed_from_cluster()
+    }
+
+    /// Whether standby reads are enabled by configuration.
+    pub fn performance_standby_enabled(&self) -> bool {
+        self.performance_standby
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftNode>> {
@@ -458,11 +478,13 @@ impl Core {
 
     /// A follower's caches (tokens, policies, compiled ACLs, engines' state) and mount routes are
     /// filled from its local store, which the leader changes under it through Raft: whenever
-    /// entries were applied since the last request, drop the caches and rebuild the routes from
-    /// the stored tables, so that a revoked token or a changed policy or mount takes effect here
-    /// as soon as it is applied. Coarse (any write invalidates everything); per-key invalidation
-    /// comes with performance standbys. The leader changes all of these through its own code
-    /// paths, which invalidate as they go, so it only records where it is.
+    /// entries were applied since the last request, drop what those entries changed (the keys
+    /// they wrote, read back from the local log: [`Core::invalidate_written`]), so that a
+    /// revoked token or a changed policy or mount takes effect here as soon as it is applied,
+    /// while a stream of KV writes leaves the caches a standby's reads need alone. When the keys
+    /// cannot be known (entries behind a snapshot, a restore, too many), everything is dropped
+    /// and the routes rebuilt. The leader changes all of these through its own code paths, which
+    /// invalidate as they go, so it only records where it is.
     async fn sync_follower(&self) -> Result<()> {
         let StorageKind::Raft(raft) = &self.storage else { return Ok(()) };
         let (leader, applied) = raft.leader_state_and_applied();
@@ -479,16 +501,59 @@ impl Core {
         // Read again under the lock: applies may have continued, and another request may have
         // refreshed meanwhile.
         let (leader, applied) = raft.leader_state_and_applied();
-        if leader == self.synced_as_leader.load(Ordering::Acquire) && self.follower_synced.load(Ordering::Acquire) == applied {
+        let (was_leader, synced) = (self.synced_as_leader.load(Ordering::Acquire), self.follower_synced.load(Ordering::Acquire));
+        if leader == was_leader && synced == applied {
             return Ok(());
         }
-        // A follower that just became leader refreshes once too: it applied the old leader's
-        // entries before its term started.
+        // A follower that just became leader refreshes everything once: it applied the old
+        // leader's entries before its term started. So does a node that never synced.
         // Mount changes on a new leader rebuild the routes under this lock too.
         let _mounts = self.mount_lock.lock().await;
-        self.reload_stored_state().await?;
+        let written = if leader || was_leader || synced == 0 || applied < synced {
+            None
+        } else {
+            raft.keys_written(synced, applied, MAX_INVALIDATION_ENTRIES, MAX_INVALIDATION_KEYS)
+        };
+        match written {
+            Some(keys) => self.invalidate_written(&keys).await?,
+            None => self.reload_stored_state().await?,
+        }
         self.follower_synced.store(applied, Ordering::Release);
         self.synced_as_leader.store(leader, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops what the storage keys `keys` (written by the leader, applied here) were cached as:
+    /// a token entry, the policies, the routes (mount or auth table, or an engine's cached
+    /// state). OpenBao routes its FSM's applied keys the same way (`invalidation.go`). The caller
+    /// holds `mount_lock`.
+    async fn invalidate_written(&self, keys: &[String]) -> Result<()> {
+        let mut routes = false;
+        let mut policies = false;
+        for key in keys {
+            if let Some(hash) = key.strip_prefix("sys/token/id/") {
+                self.tokens.evict(hash);
+            } else if key.starts_with("sys/policy/") {
+                policies = true;
+            } else if key.strip_prefix("core/").is_some_and(|k| k == MOUNT_TABLE_KEY || k == AUTH_TABLE_KEY) {
+                routes = true;
+            } else if key.starts_with("logical/") || key.starts_with("auth/") {
+                routes |= match self.router.by_storage_key(key) {
+                    Some((route, rest)) => engine_caches(&route.entry.kind, &rest),
+                    // A mount this node does not route yet: its table change rebuilds.
+                    None => false,
+                };
+            }
+        }
+        if policies {
+            self.policies.invalidate();
+        }
+        if routes {
+            let core = self.core_view();
+            let table: Vec<MountEntry> = core.get_json(MOUNT_TABLE_KEY).await?.unwrap_or_else(mounts::default_table);
+            let auth: Vec<MountEntry> = core.get_json(AUTH_TABLE_KEY).await?.unwrap_or_else(mounts::default_auth_table);
+            self.router.rebuild_with_auth(&self.barrier, &table, &auth)?;
+        }
         Ok(())
     }
 
@@ -646,7 +711,13 @@ impl Core {
             return Ok(Authz::Unauthenticated);
         }
         let token = req.token.as_deref().filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
-        let (hash, entry) = self.tokens.lookup(token).await?;
+        let (hash, entry) = match self.tokens.lookup(token).await {
+            Ok(found) => found,
+            Err(e) => {
+                crate::read_only::note_unknown_token();
+                return Err(e);
+            }
+        };
         let acl = self.policies.acl(&entry.policies).await?;
         if !acl.is_root() {
             let op = match req.op {
@@ -992,6 +1063,17 @@ impl Core {
     }
 }
 
+/// Whether a write to an engine's storage key `rest` can stale what the engine caches in
+/// memory: KV v2 caches its `config`, transit its parsed keys; KV data, userpass and approle
+/// are read from storage on every request. Unknown kinds are assumed to cache.
+fn engine_caches(kind: &str, rest: &str) -> bool {
+    match kind {
+        "kv" => rest == "config",
+        "userpass" | "approle" => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -1012,6 +1094,7 @@ mod tests {
             cluster_bind: None,
             default_lease_ttl: 768 * 3600,
             max_lease_ttl: 768 * 3600,
+            performance_standby: true,
         });
         core.dev_setup(Some("root")).await.unwrap();
         core

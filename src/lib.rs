@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod policy;
 pub mod policy_store;
 pub mod raft_join;
+pub mod read_only;
 pub mod request;
 pub mod router;
 pub mod seal;

@@ -131,6 +131,16 @@ impl Router {
         }
     }
 
+    /// The route whose storage (`logical/<uuid>/`, `auth/<uuid>/`) holds the storage key `key`,
+    /// and the key relative to it.
+    pub fn by_storage_key(&self, key: &str) -> Option<(Arc<Route>, String)> {
+        let routes = self.routes.read().ok()?.clone();
+        routes.iter().find_map(|r| {
+            let prefix = if r.is_auth { r.entry.auth_storage_prefix() } else { r.entry.storage_prefix() };
+            key.strip_prefix(prefix.as_str()).map(|rest| (r.clone(), rest.to_string()))
+        })
+    }
+
     /// The route serving `path`, and the path relative to it.
     pub fn matching(&self, path: &str) -> Option<(Arc<Route>, String)> {
         let routes = self.routes.read().ok()?.clone();

@@ -335,6 +335,13 @@ impl TokenStore {
         }
     }
 
+    /// Drops one token from the cache: another node changed or removed it.
+    pub fn evict(&self, hash: &str) {
+        if let Ok(mut c) = self.cache.write() {
+            c.remove(hash);
+        }
+    }
+
     fn cache_put(&self, hash: &str, e: Arc<TokenEntry>) {
         if let Ok(mut c) = self.cache.write() {
             if c.len() >= CACHE_LIMIT {

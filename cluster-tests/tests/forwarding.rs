@@ -34,7 +34,8 @@ async fn cluster() -> Cluster {
         wait_for("a standby that knows the active node", || async {
             let health = n.client().try_req("GET", "sys/health", None).await;
             let leader = n.client().try_req("GET", "sys/leader", None).await;
-            matches!(health, Ok((429, _)))
+            // 473: a performance standby (issue 6).
+            matches!(health, Ok((473, _)))
                 && leader.is_ok_and(|(s, v)| s == 200 && v["leader_address"] == json!(nodes[0].addr) && v["is_self"] == json!(false))
         })
         .await;

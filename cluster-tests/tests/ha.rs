@@ -225,14 +225,14 @@ async fn endpoints_step_down_and_seal_hand_over() {
     assert!(l.get("active_time").is_none(), "a standby omits active_time, as OpenBao: {l}");
     assert!(l["raft_applied_index"].as_u64().unwrap() > 0, "{l}");
 
-    // sys/health: 200 active, 429 standby, and the overrides.
+    // sys/health: 200 active, 473 performance standby (issue 6), and the overrides.
     assert_eq!(active.req("GET", "sys/health", None).await.0, 200);
     let (code, h) = standby.req("GET", "sys/health", None).await;
-    assert_eq!(code, 429);
-    assert_eq!((&h["standby"], &h["sealed"], &h["performance_standby"]), (&json!(true), &json!(false), &json!(false)), "{h}");
-    assert_eq!(standby.req("GET", "sys/health?standbyok=true", None).await.0, 200);
+    assert_eq!(code, 473);
+    assert_eq!((&h["standby"], &h["sealed"], &h["performance_standby"]), (&json!(true), &json!(false), &json!(true)), "{h}");
+    assert_eq!(standby.req("GET", "sys/health?perfstandbyok=true", None).await.0, 200);
     assert_eq!(standby.req("GET", "sys/health?standbycode=299&sealedcode=299&uninitcode=299&drsecondarycode=299&performancestandbycode=299&removedcode=299&haunhealthycode=299", None).await.0, 299);
-    assert_eq!(standby.req("GET", "sys/health?standbyok=true&activecode=204", None).await.0, 204);
+    assert_eq!(standby.req("GET", "sys/health?perfstandbyok=true&activecode=204", None).await.0, 204);
     assert_eq!(standby.req("GET", "sys/health?standbycode=abc", None).await.0, 400);
     assert_eq!(active.req("GET", "sys/health?activecode=202", None).await.0, 202);
 
@@ -321,7 +321,7 @@ async fn endpoints_step_down_and_seal_hand_over() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (code, _) = sealed.req("GET", "sys/health", None).await;
-        if code == 429 {
+        if code == 473 {
             break;
         }
         assert!(Instant::now() < deadline, "unsealed node is no standby: {code}");

@@ -213,7 +213,7 @@ async fn autopilot_non_voters_removal_and_join_errors() {
     n4.client().unseal(&keys).await;
     wait_for(&c1, "node4 promoted", 30, |s| voter(s, "node4") == Some(true)).await;
     let (s, v) = health(&n4).await;
-    assert_eq!((s, &v["removed_from_cluster"]), (429, &json!(false)), "{v}");
+    assert_eq!((s, &v["removed_from_cluster"]), (473, &json!(false)), "{v}");
     let (code, out, err) = run_cmd(
         vaultd(&n1.addr, Some(&root)).args(["operator", "raft", "remove-peer", "node4"]),
     );

@@ -667,6 +667,85 @@ impl RaftNode {
         };
         propose(queue, ops).await
     }
+
+    /// On the leader: a ReadIndex round (openraft's `get_read_log_id`, heartbeats to a quorum
+    /// that confirm this node still leads), then the wait until this node has applied up to the
+    /// returned index. The index is what any node must have applied before a read it serves is
+    /// linearizable. Fails on a node that is not (or no longer) the leader, or without a quorum
+    /// within `timeout`.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let deadline = Instant::now() + timeout;
+        let round = tokio::time::timeout(timeout, self.raft.get_read_log_id()).await;
+        let index = match round {
+            Err(_) => return Err(RaftError::Timeout(timeout, "a quorum to confirm the leader")),
+            Ok(Ok((read, _))) => read.map(|l| l.index).unwrap_or(0),
+            Ok(Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Err(RaftError::NotLeader { leader_api_addr: f.leader_node.map(|n| n.api_addr) })
+            }
+            Ok(Err(OpenraftError::APIError(e))) => {
+                return Err(RaftError::Stopped(format!("lost leadership: {e}")))
+            }
+            Ok(Err(OpenraftError::Fatal(f))) => return Err(RaftError::Stopped(f.to_string())),
+        };
+        self.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await?;
+        Ok(index)
+    }
+
+    /// Waits, at most `timeout`, until this node's state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
+        if self.leader_state_and_applied().1 >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied index")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => RaftError::Timeout(timeout, "this node to apply the index"),
+                WaitError::ShuttingDown => RaftError::Stopped("raft is shutting down".into()),
+            })
+    }
+
+    /// The storage keys the log entries in `(after, upto]` wrote, read back from the local log,
+    /// for a node that keeps caches of what it read and must drop what changed under it. `None`
+    /// when the caller must assume anything changed: an entry is no longer in the log (purged
+    /// behind a snapshot, or a snapshot was installed), an entry is part of a restore, or there
+    /// are more than `max_keys` keys or `max_entries` entries.
+    pub fn keys_written(&self, after: u64, upto: u64, max_entries: u64, max_keys: usize) -> Option<Vec<String>> {
+        if upto <= after {
+            return Some(Vec::new());
+        }
+        if upto - after > max_entries {
+            return None;
+        }
+        let store = {
+            let open = self.open.read().ok()?;
+            Arc::clone(&open.as_ref()?.store)
+        };
+        let mut keys = Vec::new();
+        let mut expect = after + 1;
+        for item in store.log.range((after + 1).to_be_bytes()..=upto.to_be_bytes()) {
+            let (key, raw) = item.ok()?;
+            if store::u64_from_be(&key, "a log key").ok()? != expect {
+                return None;
+            }
+            expect += 1;
+            let entry: openraft::Entry<TypeConfig> = store::decode(&raw, "a log entry").ok()?;
+            if let openraft::EntryPayload::Normal(req) = entry.payload {
+                for op in req.ops {
+                    match op {
+                        Op::Put { key, .. } | Op::Delete { key } => keys.push(key),
+                        _ => return None,
+                    }
+                }
+                if keys.len() > max_keys {
+                    return None;
+                }
+            }
+        }
+        (expect == upto + 1).then_some(keys)
+    }
 }
 
 fn status_from(

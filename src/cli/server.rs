@@ -145,6 +145,7 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         cluster_bind,
         default_lease_ttl: cfg.default_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
         max_lease_ttl: cfg.max_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
+        performance_standby: !(cfg.disable_performance_standby || cfg.disable_standby_reads),
     });
 
     crate::sys_snapshot::spawn_restore_watcher(&core);

@@ -1,16 +1,19 @@
 //! What a standby does with a request before dispatch: answer it itself (the lifecycle
-//! endpoints), redirect the client to the active node (307), or forward the request over the
-//! cluster port and relay the answer unchanged (Vault's default; `internal/http/handler.go`
-//! `handleRequestForwarding`, `respondStandby`).
+//! endpoints, `sys/metrics`), serve a read from its local replica (a performance standby; see
+//! `serve_on_standby` in the parent module), redirect the client to the active node (307), or
+//! forward the request over the cluster port and relay the answer unchanged (Vault's default;
+//! `internal/http/handler.go` `handleRequestForwarding`, `respondStandby`).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::json;
 
+use super::{consistency, metrics};
 use crate::core::Core;
+use crate::error::Error;
 use crate::forwarding::{ForwardedRequest, Forwarder, NotActive};
 use crate::ha::{HaState, LeaderAdvertisement};
 
@@ -33,6 +36,20 @@ fn answered_locally(path: &str) -> bool {
             | "sys/storage/raft/join"
             | "sys/storage/raft/bootstrap/challenge"
             | "sys/storage/raft/bootstrap/answer"
+            | "sys/metrics"
+    )
+}
+
+/// Reads only the active node can answer (what it knows as Raft leader: contact times, autopilot
+/// health, the configuration it commits): a performance standby forwards them as a plain
+/// standby does (Vault Enterprise keeps such a list, `perfStandbyAlwaysForwardPaths`).
+fn always_forwarded(path: &str) -> bool {
+    matches!(
+        path,
+        "sys/ha-status"
+            | "sys/storage/raft/configuration"
+            | "sys/storage/raft/autopilot/state"
+            | "sys/storage/raft/autopilot/configuration"
     )
 }
 
@@ -41,8 +58,27 @@ fn always_redirected(path: &str) -> bool {
     path == "sys/storage/raft/snapshot" || path.starts_with("sys/storage/raft/snapshot-")
 }
 
-/// `Some(response)` when this node must not dispatch the request itself. `path` is the decoded
-/// path after `/v1/`; `forwarded` says it came over the forwarding channel from a standby.
+/// What the HTTP layer does with a request, decided before dispatch.
+pub(crate) enum Decision {
+    /// Answered already (forwarded, redirected, refused).
+    Respond(HttpResponse),
+    /// Dispatch here: this node is active (or not clustered), or the endpoint is answered by
+    /// every node itself.
+    Dispatch,
+    /// A performance standby serves it from its local replica (read-only), unless it turns out
+    /// to write; the active node to forward to then.
+    Local(Arc<LeaderAdvertisement>),
+}
+
+/// Reads a performance standby tries locally. Every other method writes by intent and goes to
+/// the active node whole: run against a stale replica, a write could fail a check (a KV v2
+/// `cas`) that the active node would pass, and answer before attempting any write.
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD || method.as_str() == "LIST"
+}
+
+/// What to do with a request before dispatch. `path` is the decoded path after `/v1/`;
+/// `forwarded` says it came over the forwarding channel from a standby.
 pub(crate) async fn intercept(
     core: &Core,
     forwarded: bool,
@@ -51,56 +87,111 @@ pub(crate) async fn intercept(
     path: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Option<HttpResponse> {
+) -> Decision {
     if forwarded {
         // The standby saw an older advertisement. Refusing (never forwarding again) keeps a
         // request from circling; the standby redirects its client or retries.
         return match core.await_active(true).await {
-            HaState::Active => None,
+            HaState::Active => Decision::Dispatch,
             _ => {
                 let mut resp = StatusCode::SERVICE_UNAVAILABLE.into_response();
                 resp.extensions_mut().insert(NotActive);
-                Some(resp)
+                Decision::Respond(resp)
             }
         };
     }
-    let HaState::Standby { leader } = core.ha_state() else { return None };
+    let HaState::Standby { leader } = core.ha_state() else { return Decision::Dispatch };
     let path = path.trim_end_matches('/');
     if path == "sys/seal" && (method == Method::PUT || method == Method::POST) {
-        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
+        return Decision::Respond(error(StatusCode::INTERNAL_SERVER_ERROR, STANDBY_SEAL));
     }
     // A removed node is no longer a member: it neither forwards nor serves (the core refuses).
     if answered_locally(path) || path == "sys/seal" || core.removed_from_cluster() {
-        return None;
+        return Decision::Dispatch;
     }
     // Leadership is changing: wait briefly for the new active node rather than fail.
     let leader = match leader {
         Some(leader) => leader,
         None => match core.await_active(false).await {
-            HaState::Active => return None,
+            HaState::Active => return Decision::Dispatch,
             HaState::Standby { leader: Some(leader) } => leader,
-            _ => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE)),
+            _ => return Decision::Respond(error(StatusCode::INTERNAL_SERVER_ERROR, NO_ACTIVE_NODE)),
         },
     };
-    let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
-    if no_forwarding || always_redirected(path) {
-        return Some(redirect(&leader, uri));
+    if always_redirected(path) {
+        return Decision::Respond(redirect(&leader, uri));
     }
+    // A performance standby ignores X-Vault-No-Request-Forwarding for the reads it serves, as
+    // Vault's do.
+    if core.performance_standby_enabled() && is_read(method) && !always_forwarded(path) {
+        return Decision::Local(leader);
+    }
+    let no_forwarding = headers.get("x-vault-no-request-forwarding").is_some_and(|v| !v.is_empty());
+    if no_forwarding {
+        return Decision::Respond(redirect(&leader, uri));
+    }
+    Decision::Respond(forward(core, &leader, method, uri, headers, body).await)
+}
+
+/// Forwards the request whole to the active node and relays its answer; a request that cannot
+/// be forwarded is redirected, as Vault does. When the request wrote, the answer waits (at most
+/// [`consistency::INDEX_WAIT`]) until this node has applied the write too, so a client that
+/// reads from the node it wrote through sees its write (Vault's perf standbys wait for their
+/// forwarded writes the same way, `best_effort_wal_wait_duration`).
+pub(crate) async fn forward(core: &Core, leader: &LeaderAdvertisement, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> HttpResponse {
     let req = ForwardedRequest {
         method: method.as_str().to_string(),
-        path_and_query: uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
+        path_and_query: path_and_query(uri),
         headers: headers.iter().map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec())).collect(),
         body: body.to_vec(),
         client_addr: None,
     };
-    match FORWARDER.forward(&leader, req).await {
-        Ok(resp) => Some(relay(resp)),
+    metrics::FORWARDED.inc();
+    match FORWARDER.forward(leader, req).await {
+        Ok(resp) => {
+            if let (Some(raft), Some(index)) = (core.raft(), written_index(&resp)) {
+                if let Err(e) = raft.wait_applied(index, consistency::INDEX_WAIT).await {
+                    tracing::debug!("a forwarded write is not applied here yet: {e}");
+                }
+            }
+            relay(resp)
+        }
         Err(e) => {
-            // As Vault: a request that cannot be forwarded is redirected.
             tracing::warn!(active = %leader.cluster_addr, "request forwarding failed, redirecting: {e}");
-            Some(redirect(&leader, uri))
+            redirect(leader, uri)
         }
     }
+}
+
+/// Asks the active node for its read index (one round trip; the active node confirms its
+/// leadership with a quorum first).
+pub(crate) async fn read_index(leader: &LeaderAdvertisement) -> Result<u64, Error> {
+    let req = ForwardedRequest {
+        method: "GET".into(),
+        path_and_query: format!("/v1/{}", consistency::READ_INDEX_PATH),
+        headers: Vec::new(),
+        body: Vec::new(),
+        client_addr: None,
+    };
+    metrics::READ_INDEX.inc();
+    let resp = FORWARDER.forward(leader, req).await?;
+    if resp.status != 200 {
+        return Err(Error::Unavailable(format!("the active node refused a read index: {}", resp.status)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
+    v["index"].as_u64().ok_or_else(|| Error::internal("the active node sent no read index"))
+}
+
+/// The index a forwarded request's answer says it wrote at: the active node's applied index,
+/// on answers that carry an `X-Vault-Index` (writes).
+fn written_index(resp: &crate::forwarding::ForwardedResponse) -> Option<u64> {
+    let has = |name: &str| resp.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    has(consistency::INDEX)?;
+    std::str::from_utf8(has(consistency::APPLIED_INDEX)?).ok()?.trim().parse().ok()
+}
+
+fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string())
 }
 
 fn error(status: StatusCode, msg: &str) -> HttpResponse {
@@ -118,7 +209,7 @@ fn redirect(leader: &LeaderAdvertisement, uri: &Uri) -> HttpResponse {
         Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
         None => base.to_string(),
     };
-    let target = uri.path_and_query().map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    let target = path_and_query(uri);
     let location = format!("{base}{target}");
     let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
     match HeaderValue::from_str(&location) {
@@ -155,6 +246,8 @@ mod tests {
         for p in ["sys/step-down", "sys/ha-status", "secret/data/x", "sys/storage/raft/configuration"] {
             assert!(!answered_locally(p), "{p}");
         }
+        assert!(always_forwarded("sys/ha-status") && always_forwarded("sys/storage/raft/autopilot/state"));
+        assert!(!always_forwarded("secret/data/x") && !always_forwarded("sys/mounts"));
         assert!(always_redirected("sys/storage/raft/snapshot"));
         assert!(always_redirected("sys/storage/raft/snapshot-force"));
         assert!(!always_redirected("sys/storage/raft/snapshots"));

@@ -213,12 +213,12 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
             code_param(inc, "haunhealthycode", 474)?,
         ))
     })();
-    let (active, standby_code, _dr, _perf, sealed_code, uninit, removed_code, _unhealthy) = match codes {
+    let (active, standby_code, _dr, perf_code, sealed_code, uninit, removed_code, _unhealthy) = match codes {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
-    let standby_ok = match bool_param(inc, "standbyok").and_then(|s| bool_param(inc, "perfstandbyok").map(|p| (s, p))) {
-        Ok((s, _)) => s,
+    let (standby_ok, perf_standby_ok) = match bool_param(inc, "standbyok").and_then(|s| bool_param(inc, "perfstandbyok").map(|p| (s, p))) {
+        Ok(x) => x,
         Err(e) => return error_response(&e),
     };
     let initialized = match core.initialized().await {
@@ -229,12 +229,20 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
     let sealed = matches!(state, HaState::Sealed);
     let standby = !state.is_active();
     let removed = core.removed_from_cluster();
+    let perf_standby = !sealed && core.is_performance_standby();
+    // Vault's order: a performance standby answers its own code; `standbyok` does not apply.
     let code = if !initialized {
         uninit
     } else if removed {
         removed_code
     } else if sealed {
         sealed_code
+    } else if perf_standby {
+        if perf_standby_ok {
+            active
+        } else {
+            perf_code
+        }
     } else if standby && !standby_ok {
         standby_code
     } else {
@@ -249,7 +257,7 @@ pub async fn health(core: &Core, inc: &Incoming) -> HttpResponse {
         "initialized": initialized,
         "sealed": sealed,
         "standby": standby,
-        "performance_standby": false,
+        "performance_standby": perf_standby,
         "replication_performance_mode": if sealed { "unknown" } else { "disabled" },
         "replication_dr_mode": if sealed { "unknown" } else { "disabled" },
         "server_time_utc": now,
@@ -278,6 +286,7 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
         return json_response(StatusCode::OK, &json!({ "ha_enabled": false }));
     };
     let st = raft.status();
+    let perf_standby = core.is_performance_standby();
     // Each node answers from what it knows: the active node itself, a standby from the active
     // node's advertisement (none during an election or while the new leader becomes active).
     let (is_self, leader_address, leader_cluster_address) = match &state {
@@ -290,8 +299,8 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
         "is_self": is_self,
         "leader_address": leader_address,
         "leader_cluster_address": leader_cluster_address,
-        "performance_standby": false,
-        "performance_standby_last_remote_wal": 0,
+        "performance_standby": perf_standby,
+        "performance_standby_last_remote_wal": if perf_standby { st.applied_index } else { 0 },
         "raft_committed_index": st.committed_index,
         "raft_applied_index": st.applied_index,
     });

@@ -5,8 +5,10 @@
 //! Lifecycle endpoints (init, unseal, seal-status, health, leader) live in [`lifecycle`] because
 //! they answer while the node is sealed; everything else goes through the core.
 
+pub mod consistency;
 mod forward;
 pub mod lifecycle;
+pub mod metrics;
 pub mod listener;
 pub mod raft;
 
@@ -48,7 +50,7 @@ pub fn error_status(e: &Error) -> StatusCode {
         Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Seal(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
-        Error::Barrier(BarrierError::Sealed) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Barrier(BarrierError::Sealed | BarrierError::ReadOnly) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Barrier(BarrierError::Storage(vaultd_storage::Error::ValueTooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Barrier(BarrierError::Storage(vaultd_storage::Error::InvalidKey(_))) => StatusCode::BAD_REQUEST,
         Error::Barrier(BarrierError::Storage(
@@ -257,12 +259,77 @@ async fn handle(
         return not_found();
     };
     let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    let forwarded = forwarded.is_some();
+    // The read index is for standbys only (over the forwarding channel), never for clients.
+    let read_index = path.trim_end_matches('/') == consistency::READ_INDEX_PATH;
+    if read_index && !forwarded {
+        return not_found();
+    }
     // A standby hands the request to the active node (or redirects) before dispatching anything.
-    if let Some(resp) = forward::intercept(&state.core, forwarded.is_some(), &method, &uri, &path, &headers, &body).await {
-        return resp;
+    match forward::intercept(&state.core, forwarded, &method, &uri, &path, &headers, &body).await {
+        forward::Decision::Respond(resp) => return resp,
+        forward::Decision::Dispatch if read_index => return serve_read_index(&state.core).await,
+        forward::Decision::Dispatch => {}
+        forward::Decision::Local(leader) => return serve_on_standby(&state, &leader, method, uri, path, headers, body).await,
     }
     let inc = Incoming { method, path, query: parse_query(&uri), headers, body };
-    let resp = dispatch(&state, inc).await;
+    dispatch(&state, inc).await
+}
+
+/// The active node's side of a standby's linearizable read: a ReadIndex round.
+async fn serve_read_index(core: &Core) -> HttpResponse {
+    let Some(raft) = core.raft() else { return not_found() };
+    match raft.read_index(consistency::LINEARIZABLE_WAIT).await {
+        Ok(index) => json_response(StatusCode::OK, &json!({ "index": index })),
+        Err(e) => error_response(&Error::Raft(e)),
+    }
+}
+
+/// A read on a performance standby: reach the state the request asks for, then run it against
+/// the local replica, read-only; forward it whole if it tries to write (a token use count, a
+/// lease), if its token is unknown here (the active node may have just created it), or if the
+/// state cannot be reached in time.
+async fn serve_on_standby(
+    state: &AppState,
+    leader: &crate::ha::LeaderAdvertisement,
+    method: Method,
+    uri: Uri,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let core = &state.core;
+    let Some(raft) = core.raft() else { return dispatch(state, Incoming { method, path, query: parse_query(&uri), headers, body }).await };
+    let cluster_id = core.cluster_info().map(|c| c.id).unwrap_or_default();
+    let (wanted, when_stale) = match consistency::wanted(&headers, &cluster_id).and_then(|w| Ok((w, consistency::when_stale(&headers)?))) {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let reached = match wanted {
+        consistency::Wanted::Any => true,
+        consistency::Wanted::Index(index) => raft.wait_applied(index, consistency::INDEX_WAIT).await.is_ok(),
+        consistency::Wanted::Linearizable => match forward::read_index(leader).await {
+            Ok(index) => raft.wait_applied(index, consistency::LINEARIZABLE_WAIT).await.is_ok(),
+            Err(e) => {
+                tracing::debug!("no read index from the active node, forwarding: {e}");
+                false
+            }
+        },
+    };
+    if !reached {
+        if when_stale == consistency::WhenStale::Fail {
+            metrics::STANDBY_INDEX_FAILED.inc();
+            return json_response(StatusCode::PRECONDITION_FAILED, &json!({ "errors": [consistency::INDEX_NOT_PRESENT] }));
+        }
+        return forward::forward(core, leader, &method, &uri, &headers, &body).await;
+    }
+    let inc = Incoming { method: method.clone(), path, query: parse_query(&uri), headers: headers.clone(), body: body.clone() };
+    let (resp, outcome) = crate::read_only::run(dispatch(state, inc)).await;
+    if outcome.must_forward() {
+        metrics::STANDBY_WRITE_FORWARDED.inc();
+        return forward::forward(core, leader, &method, &uri, &headers, &body).await;
+    }
+    metrics::STANDBY_LOCAL.inc();
     resp
 }
 
@@ -275,6 +342,7 @@ async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
         "sys/seal" => return lifecycle::seal(core, &inc).await,
         "sys/health" => return lifecycle::health(core, &inc).await,
         "sys/leader" => return lifecycle::leader(core, &inc).await,
+        "sys/metrics" => return metrics::serve(core, &inc).await,
         // Raft join answers while sealed (the joining node) or without a token (the leader's
         // side of the handshake), so it is served here, before the core's pipeline.
         "sys/storage/raft/join" => return raft::join(core, &inc).await,
@@ -318,10 +386,42 @@ async fn dispatch(state: &AppState, inc: Incoming) -> HttpResponse {
         path.push('/');
     }
     let req = Request { op, path, data, token: inc.token(), client: None, mount_point: String::new() };
-    match core.handle_request(&req).await {
+    let Some(raft) = core.raft() else {
+        return match core.handle_request(&req).await {
+            Ok(resp) => logical_response(op, resp),
+            Err(e) => error_response(&e),
+        };
+    };
+    let active = core.ha_state().is_active();
+    if active {
+        // On the active node a linearizable read first proves leadership with a quorum (a
+        // standby did its round through the active node before dispatching).
+        match consistency::wanted(&inc.headers, &core.cluster_info().map(|c| c.id).unwrap_or_default()) {
+            Ok(consistency::Wanted::Linearizable) => {
+                if let Err(e) = raft.read_index(consistency::LINEARIZABLE_WAIT).await {
+                    return error_response(&Error::Raft(e));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return error_response(&e),
+        }
+    }
+    let mut resp = match core.handle_request(&req).await {
         Ok(resp) => logical_response(op, resp),
         Err(e) => error_response(&e),
+    };
+    // Read after the request: at least the index of every write it made (openraft answers a
+    // write once it is applied here).
+    let applied = raft.leader_state_and_applied().1;
+    let h = resp.headers_mut();
+    h.insert(consistency::APPLIED_INDEX, consistency::number(applied));
+    if active && !matches!(op, Operation::Read | Operation::List) {
+        let cluster_id = core.cluster_info().map(|c| c.id).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&consistency::encode_index(&cluster_id, applied)) {
+            h.insert(consistency::INDEX, v);
+        }
     }
+    resp
 }
 
 /// Turns a backend's answer into Vault's envelope and status.
