@@ -267,7 +267,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         b.break_lock("core/lock");
         tokio::time::timeout(Duration::from_secs(10), lost.wait()).await.unwrap();
-        let (took, l) = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+        let (took, l) =
+            tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
         assert!(took);
         assert_eq!(l.value().await.unwrap().as_deref(), Some("b"));
         // The old holder's unlock must not release the new holder.

@@ -128,7 +128,8 @@ pub async fn exercise_ha_extras(b: &dyn HaBackend, b2: &dyn HaBackend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         ok(a.unlock().await, "unlock a while c waits");
     };
-    let (lost_c, ()) = bounded(async { tokio::join!(waiter, release) }, "hand-over to waiter").await;
+    let (lost_c, ()) =
+        bounded(async { tokio::join!(waiter, release) }, "hand-over to waiter").await;
     bounded(lost_a.wait(), "lost signal of a after unlock").await;
     assert!(!lost_c.is_lost(), "ha conformance: the new holder's lock is already lost");
     assert_eq!(value(&*a, "value after hand-over").await.as_deref(), Some("c"));

@@ -17,7 +17,9 @@ async fn cluster() -> Option<EtcdTestCluster> {
     match EtcdTestCluster::start(3).await {
         Ok(Some(c)) => Some(c),
         Ok(None) => {
-            eprintln!("skipping: no etcd binary (Debian's etcd-server; `make testtools` installs it)");
+            eprintln!(
+                "skipping: no etcd binary (Debian's etcd-server; `make testtools` installs it)"
+            );
             None
         }
         Err(e) => panic!("etcd test cluster: {e}"),
@@ -129,7 +131,10 @@ async fn stale_holder_writes_are_fenced() {
     );
     assert_eq!(b.get("data").await.unwrap().as_deref(), Some(&b"from b"[..]));
     assert_eq!(b.get("other").await.unwrap(), None, "a refused transaction wrote part of itself");
-    assert_eq!(a.lock_with("core/lock", "x").unwrap().value().await.unwrap().as_deref(), Some("node-b"));
+    assert_eq!(
+        a.lock_with("core/lock", "x").unwrap().value().await.unwrap().as_deref(),
+        Some("node-b")
+    );
 
     // A learns it lost the lock (its watch sees the key go).
     timeout(SLOW, lost_a.wait()).await.expect("A's lost signal");
@@ -257,8 +262,9 @@ async fn oversized_transactions_are_refused() {
     }
     assert_eq!(b.list("").await.unwrap(), Vec::<String>::new());
     // 128 operations is exactly etcd's default limit, and a listing pages through them.
-    let ok: Vec<TxnOp> =
-        (0..128).map(|i| TxnOp::Put { key: format!("many/{i:03}"), value: b"v".to_vec() }).collect();
+    let ok: Vec<TxnOp> = (0..128)
+        .map(|i| TxnOp::Put { key: format!("many/{i:03}"), value: b"v".to_vec() })
+        .collect();
     b.transaction(ok).await.unwrap();
     let listed = b.list("many/").await.unwrap();
     assert_eq!(listed.len(), 128);

@@ -159,7 +159,8 @@ impl HaLock for EtcdLock {
                     granted_at,
                     lost.clone(),
                 ));
-                *state = Some(Held { lease, create_revision: revision, lost: lost.clone(), monitor });
+                *state =
+                    Some(Held { lease, create_revision: revision, lost: lost.clone(), monitor });
                 return Ok(Some(LockLost::new(lost)));
             }
             revoke_quietly(&self.shared, lease).await;
@@ -269,7 +270,9 @@ async fn keep_alive(shared: &Shared, lease: i64, granted_at: Instant) -> &'stati
                     keeper.keep_alive().await?;
                     match stream.message().await? {
                         Some(resp) => Ok(resp.ttl() > 0),
-                        None => Err(etcd_client::Error::LeaseKeepAliveError("stream closed".into())),
+                        None => {
+                            Err(etcd_client::Error::LeaseKeepAliveError("stream closed".into()))
+                        }
                     }
                 }
             }

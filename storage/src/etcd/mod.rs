@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
-    Txn, TxnOp as EtcdOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp as EtcdOp,
 };
 
 pub use config::{
@@ -83,16 +83,16 @@ impl EtcdBackend {
             options = options.with_tls(tls);
         }
         let endpoints = config.endpoints.join(",");
-        let unreachable = |e: Error| {
-            Error::Unavailable(format!("etcd at {endpoints} is unreachable: {e}"))
-        };
+        let unreachable =
+            |e: Error| Error::Unavailable(format!("etcd at {endpoints} is unreachable: {e}"));
         // With a user, `connect` authenticates, which is already a round trip.
         let connecting = Client::connect(config.endpoints.clone(), Some(options));
         let client = timed(config.request_timeout, connecting)
             .await
             .map_err(unreachable)?
             .map_err(|e| unreachable(map_err(e)))?;
-        let backend = Self { shared: Arc::new(Shared { client, config, fence: RwLock::new(None) }) };
+        let backend =
+            Self { shared: Arc::new(Shared { client, config, fence: RwLock::new(None) }) };
         let probe = backend.shared.config.path.clone();
         let mut kv = backend.shared.client.kv_client();
         backend
@@ -161,15 +161,18 @@ impl EtcdBackend {
         let fence = self.fence()?;
         let mut txn = Txn::new();
         if let Some(f) = &fence {
-            txn = txn.when([Compare::create_revision(f.key.clone(), CompareOp::Equal, f.create_revision)]);
+            txn = txn.when([Compare::create_revision(
+                f.key.clone(),
+                CompareOp::Equal,
+                f.create_revision,
+            )]);
         }
         let txn = txn.and_then(ops);
         let mut kv = self.shared.client.kv_client();
         let resp = self.timed(kv.txn(txn)).await?;
         if !resp.succeeded() {
-            let lock_key = fence
-                .map(|f| String::from_utf8_lossy(&f.key).into_owned())
-                .unwrap_or_default();
+            let lock_key =
+                fence.map(|f| String::from_utf8_lossy(&f.key).into_owned()).unwrap_or_default();
             return Err(Error::Fenced { lock_key });
         }
         Ok(())
@@ -204,7 +207,6 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
     }
 }
 
-
 fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>> {
     if config.tls_ca_file.is_none() && config.tls_cert_file.is_none() {
         return Ok(None);
@@ -219,7 +221,8 @@ fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>> {
         tls = tls.ca_certificate(Certificate::from_pem(read("tls_ca_file", ca)?));
     }
     if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
-        tls = tls.identity(Identity::from_pem(read("tls_cert_file", cert)?, read("tls_key_file", key)?));
+        tls = tls
+            .identity(Identity::from_pem(read("tls_cert_file", cert)?, read("tls_key_file", key)?));
     }
     Ok(Some(tls))
 }
@@ -332,11 +335,8 @@ impl HaBackend for EtcdBackend {
             ));
         };
         let fence = lock.fence().await?;
-        *self
-            .shared
-            .fence
-            .write()
-            .map_err(|_| Error::Io("etcd fence lock poisoned".into()))? = Some(fence);
+        *self.shared.fence.write().map_err(|_| Error::Io("etcd fence lock poisoned".into()))? =
+            Some(fence);
         Ok(())
     }
 }

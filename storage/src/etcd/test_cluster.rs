@@ -143,7 +143,10 @@ impl EtcdTestCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(format!("etcd cluster not ready after {limit:?}: {last_error}; logs in {}", self.dir.path().display()))
+        Err(format!(
+            "etcd cluster not ready after {limit:?}: {last_error}; logs in {}",
+            self.dir.path().display()
+        ))
     }
 
     pub fn client_urls(&self) -> Vec<String> {
