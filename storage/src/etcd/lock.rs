@@ -207,11 +207,16 @@ impl HaLock for EtcdLock {
 }
 
 impl Drop for EtcdLock {
-    /// A dropped handle stops renewing: the lease, and with it the key, expires within the TTL.
+    /// A dropped handle stops renewing and gives its lease back if a runtime is there to do it;
+    /// otherwise the lease, and with it the key, expires within the TTL.
     fn drop(&mut self) {
         if let Some(held) = self.state.get_mut().take() {
             held.lost.cancel();
             held.monitor.abort();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = self.shared.clone();
+                runtime.spawn(async move { revoke_quietly(&shared, held.lease).await });
+            }
         }
     }
 }

@@ -77,7 +77,10 @@ impl EtcdBackend {
             // pings more often than every 5 s (`--grpc-keepalive-min-time`).
             .with_keep_alive(Duration::from_secs(10), config.request_timeout);
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options.with_user(user.clone(), password.clone());
+            // etcd's simple tokens expire (5 min by default): without the refresh, a quiet node
+            // would fail its next request.
+            options =
+                options.with_user(user.clone(), password.clone()).with_auto_token_refresh(true);
         }
         if let Some(tls) = tls_options(&config)? {
             options = options.with_tls(tls);

@@ -12,7 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+/// Certificates for a cluster that serves clients over TLS and requires client certificates
+/// (`--client-cert-auth`); PEM files made by the test. Peers still talk plain HTTP.
+#[derive(Clone, Debug)]
+pub struct TestTls {
+    pub ca_file: PathBuf,
+    /// Valid for `127.0.0.1`.
+    pub server_cert_file: PathBuf,
+    pub server_key_file: PathBuf,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+}
 
 /// The etcd binary: `$ETCD_BIN`, else `/usr/bin/etcd`, else `etcd` on `PATH`.
 pub fn etcd_binary() -> Option<PathBuf> {
@@ -42,6 +54,7 @@ pub struct EtcdTestCluster {
     dir: tempfile::TempDir,
     token: String,
     members: Vec<Member>,
+    tls: Option<TestTls>,
 }
 
 /// Loopback ports nobody listens on now. They are released before etcd binds them, so another
@@ -56,6 +69,11 @@ impl EtcdTestCluster {
     /// Starts `n` members and waits (up to 30 s) until the cluster serves linearizable reads.
     /// `Ok(None)` when there is no etcd binary: the caller prints a skip message.
     pub async fn start(n: usize) -> Result<Option<Self>, String> {
+        Self::start_with(n, None).await
+    }
+
+    /// [`Self::start`], serving clients over TLS with `tls` (client URLs are `https://`).
+    pub async fn start_with(n: usize, tls: Option<TestTls>) -> Result<Option<Self>, String> {
         let Some(binary) = etcd_binary() else { return Ok(None) };
         let mut builder = tempfile::Builder::new();
         builder.prefix("vaultd-etcd-");
@@ -63,16 +81,17 @@ impl EtcdTestCluster {
         let dir = if shm.is_dir() { builder.tempdir_in(shm) } else { builder.tempdir() }
             .map_err(|e| format!("temp dir for etcd: {e}"))?;
         let ports = free_ports(2 * n).map_err(|e| format!("free ports for etcd: {e}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                client_url: format!("{scheme}://127.0.0.1:{}", ports[2 * i]),
                 peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
                 child: None,
             })
             .collect();
         let token = format!("vaultd-test-{}", ports[0]);
-        let mut cluster = Self { binary, dir, token, members };
+        let mut cluster = Self { binary, dir, token, members, tls };
         for i in 0..n {
             cluster.start_member(i)?;
         }
@@ -99,7 +118,18 @@ impl EtcdTestCluster {
             .open(&log_path)
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert_file)
+                .arg("--key-file")
+                .arg(&tls.server_key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca_file)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -132,7 +162,18 @@ impl EtcdTestCluster {
         let mut last_error = String::from("no attempt");
         while tokio::time::Instant::now() < deadline {
             let attempt = async {
-                let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+                let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+                if let Some(tls) = &self.tls {
+                    let read = |p: &Path| std::fs::read(p).map_err(etcd_client::Error::IoError);
+                    opts = opts.with_tls(
+                        TlsOptions::new()
+                            .ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
+                            .identity(Identity::from_pem(
+                                read(&tls.client_cert_file)?,
+                                read(&tls.client_key_file)?,
+                            )),
+                    );
+                }
                 let mut client = Client::connect(&urls, Some(opts)).await?;
                 client.get("vaultd-test-ready", None).await
             };
