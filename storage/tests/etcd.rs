@@ -342,13 +342,54 @@ async fn tls_with_client_certificates() {
     let _lost = take(&*lock).await;
     assert_eq!(lock.value().await.unwrap().as_deref(), Some("tls"));
 
-    // Without a client certificate etcd refuses the connection: a clear error, no panic.
+    // Without a client certificate etcd refuses the handshake: a configuration error naming
+    // the cluster and the TLS alert, no panic.
     cfg.tls_cert_file = None;
     cfg.tls_key_file = None;
     cfg.request_timeout = Duration::from_secs(2);
     match EtcdBackend::connect(cfg).await {
-        Err(Error::Unavailable(msg)) => assert!(msg.contains("unreachable"), "{msg}"),
+        Err(Error::Config(msg)) => assert!(msg.contains("refused vaultd"), "{msg}"),
         Err(e) => panic!("connect without a client certificate: wrong error: {e}"),
         Ok(_) => panic!("connect without a client certificate succeeded"),
+    }
+}
+
+/// `username` and `password`: the backend works as an etcd user limited to its `path`, and a
+/// wrong password is a clear error at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password() {
+    use etcd_client::Permission;
+    let Some(c) = cluster().await else { return };
+    let mut admin = etcd_client::Client::connect(c.client_urls(), None).await.unwrap();
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    // The root role exists once granted for the first time; add it where it must be added.
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("vaultd").await.unwrap();
+    admin
+        .role_grant_permission("vaultd", Permission::read_write("/vault/").with_prefix())
+        .await
+        .unwrap();
+    admin.user_add("vaultd", "s3cret", None).await.unwrap();
+    admin.user_grant_role("vaultd", "vaultd").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut cfg = config(c.client_urls(), 2);
+    cfg.username = Some("vaultd".into());
+    cfg.password = Some("s3cret".into());
+    let b = EtcdBackend::connect(cfg.clone()).await.expect("connect as the vaultd user");
+    conformance::exercise_backend(&b).await;
+    let lock = b.lock_with("core/lock", "authed").unwrap();
+    let _lost = take(&*lock).await;
+    b.register_active_node_lock(&*lock).await.unwrap();
+    b.put("fenced/with/auth", b"v".to_vec()).await.unwrap();
+
+    cfg.password = Some("wrong".into());
+    match EtcdBackend::connect(cfg).await {
+        Err(Error::Config(msg)) => {
+            assert!(msg.contains("authentication failed") && !msg.contains("wrong"), "{msg}");
+        }
+        Err(e) => panic!("connect with a wrong password: wrong error: {e}"),
+        Ok(_) => panic!("connect with a wrong password succeeded"),
     }
 }

@@ -86,8 +86,15 @@ impl EtcdBackend {
             options = options.with_tls(tls);
         }
         let endpoints = config.endpoints.join(",");
-        let unreachable =
-            |e: Error| Error::Unavailable(format!("etcd at {endpoints} is unreachable: {e}"));
+        // A cluster that does not answer can be retried; anything else (a refused password, a
+        // missing permission) is the configuration's fault.
+        let unreachable = |e: Error| match e {
+            Error::Unavailable(m) => {
+                Error::Unavailable(format!("etcd at {endpoints} is unreachable: {m}"))
+            }
+            Error::Io(m) => Error::Config(format!("etcd at {endpoints} refused vaultd: {m}")),
+            other => other,
+        };
         // With a user, `connect` authenticates, which is already a round trip.
         let connecting = Client::connect(config.endpoints.clone(), Some(options));
         let client = timed(config.request_timeout, connecting)
