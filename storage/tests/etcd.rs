@@ -393,3 +393,52 @@ async fn username_and_password() {
         Ok(_) => panic!("connect with a wrong password succeeded"),
     }
 }
+
+/// Operations per second through the etcd backend on the 3-member test cluster (data in
+/// /dev/shm, so etcd's fsyncs cost little: an upper bound for a cluster on disks). Run with
+/// `cargo test -p vaultd-storage --release --test etcd -- --ignored bench_etcd --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_etcd() {
+    let Some(c) = cluster().await else { return };
+    let b = std::sync::Arc::new(connect(c.client_urls(), 15).await);
+    let lock = b.lock_with("core/lock", "bench").unwrap();
+    let _lost = take(&*lock).await;
+    let secs = 3.0;
+    for (what, workers, fenced) in [
+        ("writes", 1usize, false),
+        ("writes", 32, false),
+        ("writes", 32, true),
+        ("reads", 32, true),
+    ] {
+        if fenced {
+            b.register_active_node_lock(&*lock).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..workers {
+            let b = b.clone();
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if what == "writes" {
+                        b.put(&format!("bench/{t:02}/{n:08}"), vec![0x5a; 256]).await.expect("put");
+                    } else {
+                        b.get(&format!("bench/{t:02}/{:08}", n % 100)).await.expect("get");
+                    }
+                    n += 1;
+                }
+                n
+            });
+        }
+        let mut total = 0;
+        while let Some(n) = tasks.join_next().await {
+            total += n.expect("task");
+        }
+        eprintln!(
+            "etcd: {what} {workers:>2} workers{}: {total} in {secs} s = {:.0}/s",
+            if fenced { " (fenced)" } else { "" },
+            total as f64 / secs
+        );
+    }
+}
