@@ -209,12 +209,20 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
             if matches!(
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
+            ) || is_transport_failure(s) =>
         {
             Error::Unavailable(format!("etcd: {}", s.message()))
         }
         _ => Error::Io(format!("etcd: {e}")),
     }
+}
+
+/// tonic reports a connection that failed under a call (refused, reset, a failed TLS handshake)
+/// as status `Unknown` with the transport error as its source.
+fn is_transport_failure(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    s.code() == tonic::Code::Unknown
+        && s.source().is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>> {
