@@ -256,13 +256,14 @@ impl Backend for EtcdBackend {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         validate_put(key, &value)?;
-        let bytes = key.len() + value.len();
+        let bytes = self.shared.config.path.len() + key.len() + value.len();
         self.write(vec![EtcdOp::put(self.etcd_key(key), value, None)], bytes).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
-        self.write(vec![EtcdOp::delete(self.etcd_key(key), None)], key.len()).await
+        let bytes = self.shared.config.path.len() + key.len();
+        self.write(vec![EtcdOp::delete(self.etcd_key(key), None)], bytes).await
     }
 
     /// Reads the keys under `prefix` a page at a time, jumping over a sub-folder once one of its
@@ -321,7 +322,7 @@ impl Backend for EtcdBackend {
         let mut bytes = 0;
         let mut etcd_ops = Vec::with_capacity(last.len());
         for (key, op) in last {
-            bytes += key.len();
+            bytes += self.shared.config.path.len() + key.len();
             etcd_ops.push(match op {
                 TxnOp::Put { value, .. } => {
                     bytes += value.len();
