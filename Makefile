@@ -15,12 +15,20 @@ export VAULTD_VENV := $(VENV)
 # vaultrs (the Rust Vault client) is checked from its own workspace: see compat/vaultrs.
 export VAULTRS_CHECK_BIN := $(CURDIR)/compat/vaultrs/target/debug/vaultrs-check
 
-.PHONY: all build run test deps testtools compat bench fmt clippy clean
+.PHONY: all build buildtools run test deps testtools compat bench fmt clippy clean
 
 all: build
 
-build:
+build: buildtools
 	$(CARGO) build --release --bin vaultd
+
+## etcd-client's build script compiles etcd's gRPC API with protoc (Debian: protobuf-compiler).
+buildtools:
+	@if ! command -v protoc >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler) >/dev/null; \
+	  else echo "protoc is missing: install protobuf-compiler to build vaultd" >&2; exit 1; fi; \
+	fi
 
 ## A dev server on 127.0.0.1:8200: Raft storage in a temporary directory, initialized, unsealed,
 ## KV v2 at secret/, root token "root" (override with ROOT_TOKEN=...).
@@ -38,11 +46,18 @@ $(VENV)/.installed:
 
 ## The multi-host tests (cluster-tests/tests/raft_multihost.rs) put nodes in network namespaces
 ## with `ip` from iproute2; without it (or without root) they print SKIPPED instead of running.
+## The etcd tests (storage/tests/etcd.rs) start 3-member clusters of Debian's etcd-server on
+## loopback; without the binary they print a skip message.
 testtools:
 	@if ! command -v ip >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null; \
 	  else echo "iproute2 is missing: the multi-host tests will be skipped"; fi; \
+	fi
+	@if ! command -v etcd >/dev/null && [ ! -x /usr/bin/etcd ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server) >/dev/null; \
+	  else echo "etcd is missing: the etcd tests will be skipped"; fi; \
 	fi
 
 test: deps build compat testtools
@@ -63,7 +78,7 @@ bench: deps build
 fmt:
 	$(CARGO) fmt --all
 
-clippy:
+clippy: buildtools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 clean:

@@ -8,16 +8,27 @@
 //! Backends here:
 //! - [`inmem::InmemBackend`]: a sorted map in memory, for `storage "inmem"` and tests.
 //! - [`sled_backend::SledBackend`]: a local sled tree with durable (fdatasync'd) writes.
+//! - [`etcd::EtcdBackend`]: an etcd v3 cluster shared by all nodes (`storage "etcd"`), which is
+//!   also an HA backend with fenced writes.
 //! - The Raft backend lives in the `vaultd-raft` crate and implements the same trait.
 //!
+//! [`ha`] defines the HA backend trait beside [`Backend`]: a named lock that one node holds at a
+//! time (Vault's `physical.HABackend`), with an in-memory implementation.
+//!
 //! [`conformance`] holds the checks every backend must pass (a port of Vault's
-//! `ExerciseBackend` and `ExerciseBackend_ListPrefix`). [`sled_sync`] is the sync that makes what
-//! sled wrote durable, shared by the sled backend and the Raft store.
+//! `ExerciseBackend` and `ExerciseBackend_ListPrefix`), [`ha_conformance`] those every HA backend
+//! must pass (Vault's `ExerciseHABackend`). [`sled_sync`] is the sync that makes what sled wrote
+//! durable, shared by the sled backend and the Raft store.
 
 pub mod conformance;
+pub mod etcd;
+pub mod ha;
+pub mod ha_conformance;
 pub mod inmem;
 pub mod sled_backend;
 pub mod sled_sync;
+
+pub use ha::{HaBackend, HaLock, InmemHaBackend, LockLost};
 
 use async_trait::async_trait;
 
@@ -42,6 +53,20 @@ pub enum Error {
     Unavailable(String),
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// A fenced write reached the store after this node lost the HA lock it registered: the store
+    /// itself refused it and nothing was written. The node must stop acting as the active node.
+    #[error("storage write rejected: this node no longer holds the HA lock {lock_key:?}")]
+    Fenced { lock_key: String },
+    /// A transaction the backend cannot apply atomically (etcd's `--max-txn-ops` and
+    /// `--max-request-bytes`); nothing was written.
+    #[error("transaction too large: {0}")]
+    TransactionTooLarge(String),
+    /// `HaLock::lock` on a handle that already holds its lock.
+    #[error("lock {0:?} is already held by this handle")]
+    LockAlreadyHeld(String),
+    /// A storage stanza that cannot be used (bad address, unreadable TLS file, bad duration).
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
