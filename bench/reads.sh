@@ -96,8 +96,11 @@ stop_all() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; P
 # seed BASE: writes the secret on the active node and waits until both standbys read it.
 seed() {
   local base=$1 i
-  curl -sf -X POST -H "X-Vault-Token: $TOKEN" -d '{"data":{"user":"app","password":"correct-horse-battery-staple"}}' \
-    "http://127.0.0.1:$base/v1/secret/data/bench/read" > /dev/null
+  # A new KV v2 mount may still be upgrading (OpenBao answers 400 for a moment): retry.
+  for _ in $(seq 1 100); do
+    curl -sf -X POST -H "X-Vault-Token: $TOKEN" -d '{"data":{"user":"app","password":"correct-horse-battery-staple"}}' \
+      "http://127.0.0.1:$base/v1/secret/data/bench/read" > /dev/null && break; sleep 0.1
+  done
   for i in 1 2; do
     for _ in $(seq 1 100); do
       [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Vault-Token: $TOKEN" \

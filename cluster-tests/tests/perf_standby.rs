@@ -182,7 +182,7 @@ async fn standbys_read_locally_with_the_consistency_asked_for() {
 
     // An index this node cannot reach in time: 412 with `fail`, forwarded by default.
     let (_, hw, _) = send(&h, &a.addr, "POST", "kv/data/far", &c.root, &[], Some(json!({ "data": { "x": 1 } }))).await;
-    let far = far_index(&hw["x-vault-index"].to_str().expect("index").to_string(), 1_000_000);
+    let far = far_index(hw["x-vault-index"].to_str().expect("index"), 1_000_000);
     let t0 = Instant::now();
     let (s, _, v) = send(&h, &b.addr, "GET", "kv/data/far", &c.root, &[("X-Vault-Index", far.clone()), ("X-Vault-Inconsistent", "fail".into())], None).await;
     assert_eq!((s, &v), (412, &json!({ "errors": ["required index state not present"] })));
