@@ -71,9 +71,11 @@ addr() { echo "http://127.0.0.1:$(( $1 + 10 * $2 ))"; }
 
 unseal() { curl -sf -X PUT -d "{\"key\":\"$KEY\"}" "$1/v1/sys/unseal" > /dev/null; }
 
-wait_health() { # addr wanted-code
+wait_health() { # addr wanted-codes (space-separated: a standby is 429, a performance standby 473)
+  local c
   for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1/v1/sys/health")" = "$2" ] && return 0; sleep 0.05
+    c=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1/v1/sys/health")
+    [[ " $2 " == *" $c "* ]] && return 0; sleep 0.05
   done
   echo "$1 never answered $2 on sys/health"; return 1
 }
@@ -89,7 +91,7 @@ cluster() {
   for i in 2 3; do
     local ai; ai=$(addr "$base" "$i")
     curl -sf -X POST -d "{\"leader_api_addr\":\"$a1\"}" "$ai/v1/sys/storage/raft/join" > /dev/null
-    unseal "$ai"; wait_health "$ai" 429
+    unseal "$ai"; wait_health "$ai" "429 473"
   done
   curl -sf -X POST -H "X-Vault-Token: $TOKEN" -d '{"type":"kv","options":{"version":"2"}}' "$a1/v1/sys/mounts/secret" > /dev/null
 }
@@ -112,7 +114,7 @@ active_of() { # NAME BASEPORT -> index of the node answering 200 on sys/health
 # Waits until the cluster has recovered from the last trial: three voters (a node that joined
 # may first be a non-voter, OpenBao's autopilot promotes it after server_stabilization_time, and
 # killing the active node then would leave no quorum), autopilot reports every server healthy,
-# and every server has the leader's last log index. A node restarted after a kill answers 429
+# and every server has the leader's last log index. A node restarted after a kill answers 429/473
 # before it has caught up; killing the active node before then is a second failure, not a
 # failover: its stale log and old term disrupt the election (split votes, ~1-2 s more). Set
 # RECOVERED=voters to wait for the voters only.
@@ -162,7 +164,7 @@ failover() {
     echo "  $name trial $trial: killed node $a, first acknowledged write after $t s" >&2
     # The killed node comes back as a standby for the next trial.
     start "$name" "$bin" "$base" "$a" > /dev/null
-    unseal "$(addr "$base" "$a")"; wait_health "$(addr "$base" "$a")" 429 >&2
+    unseal "$(addr "$base" "$a")"; wait_health "$(addr "$base" "$a")" "429 473" >&2
   done
 }
 
