@@ -141,7 +141,7 @@ failover() {
   local name=$1 bin=$2 base=$3 t a
   for trial in $(seq 1 "$TRIALS"); do
     a=""
-    for _ in $(seq 1 600); do a=$(active_of "$name" "$base"); [ -n "$a" ] && break; sleep 0.05; done
+    for _ in $(seq 1 600); do a=$(active_of "$name" "$base" || true); [ -n "$a" ] && break; sleep 0.05; done
     [ -n "$a" ] || { echo "no active node before trial $trial" >&2; return 1; }
     wait_recovered "$(addr "$base" "$a")" || return 1
     local survivors=() i
