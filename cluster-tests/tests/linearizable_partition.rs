@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_tests::cluster::{eventually, health, Cluster};
+use cluster_tests::cluster::{eventually, health, quick as call, Cluster};
 use cluster_tests::netns;
 use serde_json::{json, Value};
 
@@ -254,7 +254,7 @@ async fn a_linearizable_read_never_returns_a_value_older_than_an_acknowledged_wr
     let t_heal = Instant::now();
     c.net().rejoin_peers(old).expect("heal");
     eventually(Duration::from_secs(30), "the old node to become a standby of the new active node", || async {
-        let (code, v) = cluster_tests::cluster::quick(&quick, &addrs[old], "GET", "sys/leader", None, None).await?;
+        let (code, v) = call(&quick, &addrs[old], "GET", "sys/leader", None, None).await?;
         let standby = matches!(health(&quick, &addrs[old]).await, Some(429 | 473));
         (code == 200 && standby && v["is_self"] == json!(false) && v["leader_address"] == json!(addrs[new])).then_some(())
     })
