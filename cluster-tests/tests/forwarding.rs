@@ -7,63 +7,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{bao_bin, run_cmd, venv_python, Api, Node};
+use cluster_tests::cluster::Cluster;
+use cluster_tests::{bao_bin, run_cmd, venv_python, Api};
 use serde_json::{json, Value};
-
-struct Cluster {
-    nodes: Vec<Node>,
-    root: String,
-    _tmp: tempfile::TempDir,
-}
-
-/// Node 1 initialized and active, nodes 2 and 3 joined, unsealed and reporting themselves as
-/// standbys of node 1; KV v2 at `kv/`.
-async fn cluster() -> Cluster {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let nodes: Vec<Node> = (1..=3).map(|i| Node::raft(&tmp.path().join(format!("n{i}")), &format!("node{i}"))).collect();
-    let (keys, root) = nodes[0].client().init(1, 1).await;
-    nodes[0].client().unseal(&keys).await;
-    wait_for("node 1 active", || async { nodes[0].client().try_req("GET", "sys/health", None).await.is_ok_and(|(s, _)| s == 200) }).await;
-    nodes[0].client().with_token(&root).fast_autopilot().await;
-    for n in &nodes[1..] {
-        let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": nodes[0].addr }))).await;
-        assert_eq!(s, 200, "join: {v}");
-        n.client().unseal(&keys).await;
-    }
-    for n in &nodes[1..] {
-        wait_for("a standby that knows the active node", || async {
-            let health = n.client().try_req("GET", "sys/health", None).await;
-            let leader = n.client().try_req("GET", "sys/leader", None).await;
-            // 473: a performance standby (issue 6).
-            matches!(health, Ok((473, _)))
-                && leader.is_ok_and(|(s, v)| s == 200 && v["leader_address"] == json!(nodes[0].addr) && v["is_self"] == json!(false))
-        })
-        .await;
-    }
-    // Failover needs voters: autopilot promotes the joined nodes after their stabilization time.
-    wait_for("three voters", || async {
-        let conf = nodes[0].client().with_token(&root).try_req("GET", "sys/storage/raft/configuration", None).await;
-        conf.is_ok_and(|(s, v)| {
-            let servers = v["data"]["config"]["servers"].as_array().cloned().unwrap_or_default();
-            s == 200 && servers.len() == 3 && servers.iter().all(|p| p["voter"] == json!(true))
-        })
-    })
-    .await;
-    nodes[0].client().with_token(&root).mount_kv2("kv").await;
-    Cluster { nodes, root, _tmp: tmp }
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Reads `path` on `api` until it answers 200 (a standby applies the log shortly after).
 async fn read_eventually(api: &Api, path: &str) -> Value {
@@ -95,7 +41,7 @@ fn bao(addr: &str, token: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standbys_forward_redirect_and_serve_real_clients() {
-    let c = cluster().await;
+    let c = Cluster::start(3).await;
     let (active, standby, other) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
 
     // A write to a standby is acknowledged once (one version) and readable everywhere.
@@ -174,7 +120,7 @@ print("hvac-standby-ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_without_an_active_node_answers_500() {
-    let mut c = cluster().await;
+    let mut c = Cluster::start(3).await;
     // Without a quorum no node can become active.
     c.nodes[0].kill9();
     c.nodes[1].kill9();

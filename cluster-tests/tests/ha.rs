@@ -9,182 +9,18 @@
 //! loaded 2-core machine is what they measure.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster_tests::cluster::{quick, quick_client, Cluster};
 use cluster_tests::{run_cmd, vaultd_bin, Api, Node};
-use serde_json::{json, Value};
+use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The bound on a hand-over the issue sets (new active node, acknowledged writes).
 const HANDOVER_BOUND: Duration = Duration::from_secs(2);
-
-struct Cluster {
-    _tmp: tempfile::TempDir,
-    nodes: Vec<Node>,
-    keys: Vec<String>,
-    root: String,
-}
-
-fn quick_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).build().expect("client")
-}
-
-/// One request with a short timeout (a stopped node must not stall the poller): None when the
-/// node does not answer.
-async fn quick(http: &reqwest::Client, addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-    let mut r = http.request(m, format!("{addr}/v1/{path}"));
-    if let Some(t) = token {
-        r = r.header("X-Vault-Token", t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.ok()?;
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-}
-
-async fn form_cluster() -> Cluster {
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (1..=3).map(|i| Node::raft(&tmp.path().join(format!("n{i}")), &format!("node{i}"))).collect();
-    let (keys, root) = nodes[0].client().init(1, 1).await;
-    nodes[0].client().unseal(&keys).await;
-    nodes[0].client().with_token(&root).fast_autopilot().await;
-    nodes[0].client().with_token(&root).mount_kv2("kv").await;
-    for n in &nodes[1..] {
-        let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": nodes[0].addr }))).await;
-        assert_eq!(s, 200, "join: {v}");
-        n.client().unseal(&keys).await;
-    }
-    let c = Cluster { _tmp: tmp, nodes, keys, root };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, v) = c.nodes[0].client().with_token(&c.root).req("GET", "sys/storage/raft/configuration", None).await;
-        let voters = v["data"]["config"]["servers"].as_array().map_or(0, |s| s.iter().filter(|p| p["voter"] == json!(true)).count());
-        if voters == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no 3 voters: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    c.settled(Duration::from_secs(10)).await;
-    c
-}
-
-impl Cluster {
-    fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.addr.clone()).collect()
-    }
-
-    /// Which nodes say (through `sys/leader`) that they are active.
-    async fn actives(&self) -> Vec<usize> {
-        let http = quick_client(Duration::from_millis(500));
-        let mut out = Vec::new();
-        for (i, a) in self.addrs().iter().enumerate() {
-            if let Some((200, v)) = quick(&http, a, "GET", "sys/leader", None, None).await {
-                if v["is_self"] == json!(true) {
-                    out.push(i);
-                }
-            }
-        }
-        out
-    }
-
-    /// Waits until exactly one node is active and every unsealed standby names it; returns it.
-    async fn settled(&self, within: Duration) -> usize {
-        let deadline = Instant::now() + within;
-        let http = quick_client(Duration::from_millis(500));
-        loop {
-            let actives = self.actives().await;
-            if let [a] = actives[..] {
-                let mut ok = true;
-                for (i, addr) in self.addrs().iter().enumerate() {
-                    if i == a {
-                        continue;
-                    }
-                    match quick(&http, addr, "GET", "sys/leader", None, None).await {
-                        Some((200, v)) => ok &= v["leader_address"] == json!(self.nodes[a].addr),
-                        // Sealed, or not running.
-                        Some((503, _)) | None => {}
-                        Some(_) => ok = false,
-                    }
-                }
-                if ok {
-                    return a;
-                }
-            }
-            assert!(Instant::now() < deadline, "no settled active node: {actives:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Polls until a node other than `old` is active; returns it and the time taken since `t0`.
-    async fn new_active(&self, old: usize, t0: Instant, within: Duration) -> (usize, Duration) {
-        loop {
-            let actives = self.actives().await;
-            if let Some(&a) = actives.iter().find(|&&a| a != old) {
-                return (a, t0.elapsed());
-            }
-            assert!(t0.elapsed() < within, "no new active node after {:?}", t0.elapsed());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Polls `sys/health` on every node until stopped, counting rounds where two answered 200
-    /// (active). A round asks every node at once, so a round is a near-instant snapshot.
-    fn watch_single_active(&self) -> Watcher {
-        let addrs = self.addrs();
-        let stop = Arc::new(AtomicBool::new(false));
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let rounds = Arc::new(AtomicUsize::new(0));
-        let (s, v, r) = (stop.clone(), violations.clone(), rounds.clone());
-        let task = tokio::spawn(async move {
-            let http = quick_client(Duration::from_millis(300));
-            while !s.load(Ordering::Acquire) {
-                let polls: Vec<_> = addrs
-                    .iter()
-                    .map(|a| {
-                        let (http, a) = (http.clone(), a.clone());
-                        tokio::spawn(async move { quick(&http, &a, "GET", "sys/health", None, None).await.map(|(c, _)| c) })
-                    })
-                    .collect();
-                let mut codes = Vec::new();
-                for p in polls {
-                    codes.push(p.await.ok().flatten());
-                }
-                if codes.iter().filter(|c| **c == Some(200)).count() > 1 {
-                    v.lock().unwrap().push(codes);
-                }
-                r.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Watcher { stop, violations, rounds, task }
-    }
-}
-
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    violations: Arc<Mutex<Vec<Vec<Option<u16>>>>>,
-    rounds: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Watcher {
-    async fn finish(self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.task.await;
-        let v = self.violations.lock().unwrap().clone();
-        let rounds = self.rounds.load(Ordering::Relaxed);
-        assert!(v.is_empty(), "two active nodes at once in {} of {rounds} rounds: {v:?}", v.len());
-        assert!(rounds > 10, "the watcher hardly ran ({rounds} rounds)");
-    }
-}
 
 fn vaultd(addr: &str, token: Option<&str>) -> Command {
     let mut c = Command::new(vaultd_bin());
@@ -205,8 +41,8 @@ fn signal(node: &Node, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_step_down_and_seal_hand_over() {
     let _serial = SERIAL.lock().await;
-    let c = form_cluster().await;
-    let watch = c.watch_single_active();
+    let c = Cluster::start(3).await;
+    let watch = c.watch_single_active(Duration::from_millis(300));
     let a = c.settled(Duration::from_secs(10)).await;
     let s = (0..3).find(|&i| i != a).unwrap();
     let (active, standby) = (c.nodes[a].client(), c.nodes[s].client());
@@ -402,8 +238,8 @@ async fn all_readable(api: &Api, acked: &[(String, Instant)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_active_node_under_writes() {
     let _serial = SERIAL.lock().await;
-    let mut c = form_cluster().await;
-    let watch = c.watch_single_active();
+    let mut c = Cluster::start(3).await;
+    let watch = c.watch_single_active(Duration::from_millis(300));
     let a = c.settled(Duration::from_secs(10)).await;
     let writers = start_writers(c.addrs(), &c.root, 4, Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -434,8 +270,8 @@ async fn kill9_of_the_active_node_under_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_lease_when_both_standbys_stall() {
     let _serial = SERIAL.lock().await;
-    let c = form_cluster().await;
-    let watch = c.watch_single_active();
+    let c = Cluster::start(3).await;
+    let watch = c.watch_single_active(Duration::from_millis(300));
     let a = c.settled(Duration::from_secs(10)).await;
     let writers = start_writers(vec![c.nodes[a].addr.clone()], &c.root, 2, Duration::from_millis(300));
     let deadline = Instant::now() + Duration::from_secs(10);

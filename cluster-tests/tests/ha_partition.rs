@@ -6,13 +6,13 @@
 //! there. Needs root and `ip netns`; otherwise the test prints `SKIPPED: ...` to stderr and
 //! returns.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_tests::netns::{self, Netns};
-use cluster_tests::{Api, Node};
-use serde_json::{Value, json};
+use cluster_tests::cluster::{eventually, health, quick, Cluster};
+use cluster_tests::netns;
+use serde_json::json;
 
 /// Longest a write through the cut-off node may still be acknowledged after the cut: its HA
 /// lease (250 ms) plus a write already past the lease check, with margin for a loaded machine.
@@ -35,38 +35,6 @@ const IN_FLIGHT: usize = 64;
 
 fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder().timeout(timeout).build().expect("client")
-}
-
-/// One request; None when the node does not answer in time.
-async fn call(http: &reqwest::Client, addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-    let mut r = http.request(m, format!("{addr}/v1/{path}"));
-    if let Some(t) = token {
-        r = r.header("X-Vault-Token", t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.ok()?;
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-}
-
-async fn health(http: &reqwest::Client, addr: &str) -> Option<u16> {
-    call(http, addr, "GET", "sys/health", None, None).await.map(|(c, _)| c)
-}
-
-/// Polls until `f` returns Some, for at most `within`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(within: Duration, what: &str, mut f: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One write a writer attempted.
@@ -116,7 +84,7 @@ impl Writers {
                         writes.spawn(async move {
                             let key = format!("n{n}-{i}");
                             let start = Instant::now();
-                            let r = call(&http, &addr, "POST", &format!("kv/data/{key}"), Some(&token), Some(json!({"data": {"k": key}}))).await;
+                            let r = quick(&http, &addr, "POST", &format!("kv/data/{key}"), Some(&token), Some(json!({"data": {"k": key}}))).await;
                             let w = Write { key, start, end: Instant::now(), status: r.map(|(c, _)| c) };
                             log.lock().unwrap().push(w);
                             drop(slot);
@@ -144,100 +112,22 @@ impl Writers {
     }
 }
 
-/// Asks every node for `sys/health` at once, over and over, and records every round in which
-/// two nodes said active (200).
-struct SingleActiveWatch {
-    stop: Arc<AtomicBool>,
-    violations: Arc<Mutex<Vec<Vec<Option<u16>>>>>,
-    rounds: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SingleActiveWatch {
-    fn start(addrs: Vec<String>) -> SingleActiveWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let rounds = Arc::new(AtomicUsize::new(0));
-        let (s, v, r) = (stop.clone(), violations.clone(), rounds.clone());
-        let task = tokio::spawn(async move {
-            let http = client(Duration::from_millis(500));
-            while !s.load(Ordering::Acquire) {
-                let polls: Vec<_> = addrs
-                    .iter()
-                    .map(|a| {
-                        let (http, a) = (http.clone(), a.clone());
-                        tokio::spawn(async move { health(&http, &a).await })
-                    })
-                    .collect();
-                let mut codes = Vec::new();
-                for p in polls {
-                    codes.push(p.await.ok().flatten());
-                }
-                if codes.iter().filter(|c| **c == Some(200)).count() > 1 {
-                    v.lock().unwrap().push(codes);
-                }
-                r.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        SingleActiveWatch { stop, violations, rounds, task }
-    }
-
-    async fn finish(self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.task.await;
-        let v = self.violations.lock().unwrap().clone();
-        let rounds = self.rounds.load(Ordering::Relaxed);
-        assert!(v.is_empty(), "two active nodes at once in {} of {rounds} rounds: {v:?}", v.len());
-        assert!(rounds > 10, "the watcher hardly ran ({rounds} rounds)");
-    }
-}
-
-/// The index of the node among `among` answering 200 on `sys/health`, if exactly one does.
-async fn active_among(http: &reqwest::Client, addrs: &[String], among: &[usize]) -> Option<usize> {
-    let mut active = Vec::new();
-    for &i in among {
-        if health(http, &addrs[i]).await == Some(200) {
-            active.push(i);
-        }
-    }
-    (active.len() == 1).then(|| active[0])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_active_node_stops_and_the_majority_takes_over_without_losing_writes() {
     const TEST: &str = "a_cut_off_active_node_stops_and_the_majority_takes_over_without_losing_writes";
     if !netns::skip_unless_available(TEST) {
         return;
     }
-    let net = Netns::new(3).expect("network namespaces");
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (0..3).map(|i| net.node(i, &tmp.path().join(format!("n{i}")), &format!("node{i}"), "")).collect();
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    let logs = || nodes.iter().map(|n| format!("--- {}\n{}", n.addr, n.log())).collect::<Vec<_>>().join("\n");
-
-    let (keys, root) = nodes[0].client().init(1, 1).await;
-    nodes[0].client().unseal(&keys).await;
-    nodes[0].client().with_token(&root).fast_autopilot().await;
-    nodes[0].client().with_token(&root).mount_kv2("kv").await;
-    for n in &nodes[1..] {
-        let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": addrs[0] }))).await;
-        assert_eq!(s, 200, "join: {v}");
-        n.client().unseal(&keys).await;
-    }
-    let admin = Api::new(&addrs[0]).with_token(&root);
-    eventually(Duration::from_secs(30), "three voters", || async {
-        let (_, v) = admin.try_req("GET", "sys/storage/raft/configuration", None).await.ok()?;
-        let servers = v["data"]["config"]["servers"].as_array()?.clone();
-        (servers.len() == 3 && servers.iter().all(|p| p["voter"] == json!(true))).then_some(())
-    })
-    .await;
+    let c = Cluster::builder(3).netns().start().await;
+    let (net, root) = (c.net(), c.root.clone());
+    let addrs = c.addrs();
+    let logs = || c.logs();
 
     let http = client(Duration::from_secs(2));
     let all = [0, 1, 2];
-    let old = eventually(Duration::from_secs(10), "one active node", || active_among(&http, &addrs, &all)).await;
+    let old = eventually(Duration::from_secs(10), "one active node", || c.active_among(&http, &all)).await;
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
-    let watch = SingleActiveWatch::start(addrs.clone());
+    let watch = c.watch_single_active(Duration::from_millis(500));
     let writers = Writers::start(&addrs, &root);
     let t_start = Instant::now();
     for n in all {
@@ -254,7 +144,7 @@ async fn a_cut_off_active_node_stops_and_the_majority_takes_over_without_losing_
         (health(&http, &addrs[old]).await != Some(200)).then_some(())
     })
     .await;
-    let new = eventually(Duration::from_secs(20), "the majority to elect a new active node", || active_among(&http, &addrs, &rest)).await;
+    let new = eventually(Duration::from_secs(20), "the majority to elect a new active node", || c.active_among(&http, &rest)).await;
     let t_new = Instant::now();
     for &n in &rest {
         eventually(Duration::from_secs(20), "writes acknowledged through the majority", || async {
@@ -269,7 +159,7 @@ async fn a_cut_off_active_node_stops_and_the_majority_takes_over_without_losing_
     let t_heal = Instant::now();
     net.rejoin_peers(old).expect("heal");
     eventually(Duration::from_secs(30), "the old node to become a standby of the new active node", || async {
-        let (code, v) = call(&http, &addrs[old], "GET", "sys/leader", None, None).await?;
+        let (code, v) = quick(&http, &addrs[old], "GET", "sys/leader", None, None).await?;
         // 473: every standby is a performance standby by default.
         let standby = matches!(health(&http, &addrs[old]).await, Some(429 | 473));
         (code == 200 && standby && v["is_self"] == json!(false) && v["leader_address"] == json!(addrs[new])).then_some(())
@@ -299,7 +189,7 @@ async fn a_cut_off_active_node_stops_and_the_majority_takes_over_without_losing_
     let reader = client(Duration::from_secs(10));
     let acked: Vec<&Write> = log.iter().flatten().filter(|w| w.acked()).collect();
     for w in &acked {
-        let got = call(&reader, &addrs[new], "GET", &format!("kv/data/{}", w.key), Some(&root), None).await;
+        let got = quick(&reader, &addrs[new], "GET", &format!("kv/data/{}", w.key), Some(&root), None).await;
         assert!(
             matches!(&got, Some((200, v)) if v["data"]["data"]["k"] == json!(w.key)),
             "acknowledged write {w:?} lost: {got:?}"

@@ -10,69 +10,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{bao_bin, run_cmd, vaultd_bin, venv_python, Api, Node};
+use cluster_tests::cluster::{wait_for, Cluster};
+use cluster_tests::{bao_bin, run_cmd, vaultd_bin, venv_python, Api};
 use serde_json::{json, Value};
-
-struct Cluster {
-    nodes: Vec<Node>,
-    root: String,
-    _tmp: tempfile::TempDir,
-}
-
-/// Node 1 initialized and active, nodes 2 and 3 joined, unsealed, voters, and reporting
-/// themselves as performance standbys of node 1 (`disable_performance_standby` on node 3 when
-/// `plain_third`); KV v2 at `kv/`.
-async fn cluster(plain_third: bool) -> Cluster {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let mut nodes: Vec<Node> = (1..=3).map(|i| Node::raft(&tmp.path().join(format!("n{i}")), &format!("node{i}"))).collect();
-    if plain_third {
-        let mut cfg = std::fs::read_to_string(&nodes[2].config).expect("config");
-        cfg.push_str("disable_performance_standby = true\n");
-        std::fs::write(&nodes[2].config, cfg).expect("config");
-        nodes[2].restart();
-    }
-    let (keys, root) = nodes[0].client().init(1, 1).await;
-    nodes[0].client().unseal(&keys).await;
-    wait_for("node 1 active", || async { nodes[0].client().try_req("GET", "sys/health", None).await.is_ok_and(|(s, _)| s == 200) }).await;
-    nodes[0].client().with_token(&root).fast_autopilot().await;
-    for n in &nodes[1..] {
-        let (s, v) = n.client().req("POST", "sys/storage/raft/join", Some(json!({ "leader_api_addr": nodes[0].addr }))).await;
-        assert_eq!(s, 200, "join: {v}");
-        n.client().unseal(&keys).await;
-    }
-    for (i, n) in nodes.iter().enumerate().skip(1) {
-        let want = if plain_third && i == 2 { 429 } else { 473 };
-        wait_for("a standby that knows the active node", || async {
-            let health = n.client().try_req("GET", "sys/health", None).await;
-            let leader = n.client().try_req("GET", "sys/leader", None).await;
-            health.is_ok_and(|(s, _)| s == want)
-                && leader.is_ok_and(|(s, v)| s == 200 && v["leader_address"] == json!(nodes[0].addr) && v["is_self"] == json!(false))
-        })
-        .await;
-    }
-    wait_for("three voters", || async {
-        let conf = nodes[0].client().with_token(&root).try_req("GET", "sys/storage/raft/configuration", None).await;
-        conf.is_ok_and(|(s, v)| {
-            let servers = v["data"]["config"]["servers"].as_array().cloned().unwrap_or_default();
-            s == 200 && servers.len() == 3 && servers.iter().all(|p| p["voter"] == json!(true))
-        })
-    })
-    .await;
-    nodes[0].client().with_token(&root).mount_kv2("kv").await;
-    Cluster { nodes, root, _tmp: tmp }
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -131,7 +71,7 @@ fn bao(addr: &str, token: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standbys_read_locally_with_the_consistency_asked_for() {
-    let c = cluster(false).await;
+    let c = Cluster::start(3).await;
     let h = http();
     let (a, b, d) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     let sb = b.client().with_token(&c.root);
@@ -251,7 +191,8 @@ print(base64.b64encode(f"{v}:{cid}:{idx}:{rep}:{check}".encode()).decode())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_forwarded_and_revocations_apply_everywhere() {
-    let c = cluster(true).await;
+    // Node 3 a plain standby.
+    let c = Cluster::builder(3).config_line(2, "disable_performance_standby = true").start().await;
     let h = http();
     let (a, b, plain) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     let root_a = a.client().with_token(&c.root);

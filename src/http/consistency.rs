@@ -18,12 +18,16 @@
 //! Go client can parse and merge it) but is not authenticated: a forged value can only make its
 //! own request wait for [`INDEX_WAIT`] and then be forwarded or refused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
+use tokio::time::Instant;
 
+use crate::core::Core;
 use crate::error::Error;
+use crate::ha::{HaState, LeaderAdvertisement};
 
 pub const INDEX: &str = "x-vault-index";
 pub const INCONSISTENT: &str = "x-vault-inconsistent";
@@ -35,6 +39,11 @@ pub const APPLIED_INDEX: &str = "x-vault-applied-index";
 pub const INDEX_WAIT: Duration = Duration::from_secs(2);
 /// Upper bound on a linearizable read's ReadIndex round and the wait to apply its index.
 pub const LINEARIZABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a standby waiting for a read index looks whether another node is active now.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+/// The pause before asking the same active node again after it refused a read index.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The internal endpoint the active node answers with its read index. Served only to requests
 /// that came over the forwarding channel; clients get a 404.
@@ -117,6 +126,65 @@ fn decode_index(value: &str, cluster_id: &str) -> Option<u64> {
     }
     let index = index.parse().ok()?;
     (sum == check(cluster_id, index)).then_some(index)
+}
+
+/// A linearizable read on a standby: a read index from the active node, then this node's wait
+/// to apply it, both within [`LINEARIZABLE_WAIT`]. Returns the active node that gave the index
+/// and whether this node applied it in time (if not, the caller forwards to that node or
+/// answers 412); an error when no active node gave a read index in time.
+///
+/// During a failover the advertised active node may be gone: a request to a node cut off from
+/// the network gets no answer until the forwarding timeout (90 s), and one to a deposed node is
+/// refused. So the standby asks whichever node is advertised as active now, as soon as it
+/// learns of it, and gives up at the bound. Any node's read index serves: it was confirmed by a
+/// quorum after this read began.
+pub(crate) async fn standby_linearizable(core: &Core, mut leader: Arc<LeaderAdvertisement>) -> Result<(Arc<LeaderAdvertisement>, bool), Error> {
+    let raft = core.raft().ok_or_else(|| Error::internal("a linearizable read needs raft"))?;
+    let deadline = Instant::now() + LINEARIZABLE_WAIT;
+    let mut last_error = None;
+    // Bounded by the deadline: every pass returns or waits at least RETRY_PAUSE or LEADER_POLL.
+    loop {
+        let asked = Arc::clone(&leader);
+        let ask = super::forward::read_index(&asked);
+        tokio::pin!(ask);
+        let mut retry_at = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = last_error.map_or_else(|| format!("no answer from the active node at {}", leader.cluster_addr), |e: Error| e.to_string());
+                return Err(Error::Unavailable(format!("linearizable read: no read index within {LINEARIZABLE_WAIT:?}: {why}")));
+            }
+            tokio::select! {
+                answer = &mut ask, if retry_at.is_none() => match answer {
+                    Ok(index) => {
+                        let applied = raft.wait_applied(index, deadline.saturating_duration_since(Instant::now())).await.is_ok();
+                        return Ok((Arc::clone(&asked), applied));
+                    }
+                    Err(e) => {
+                        tracing::debug!(active = %asked.cluster_addr, "no read index from the active node: {e}");
+                        last_error = Some(e);
+                        retry_at = Some(Instant::now() + RETRY_PAUSE);
+                    }
+                },
+                _ = tokio::time::sleep(left.min(LEADER_POLL)) => {}
+            }
+            match core.ha_state() {
+                // This node took over meanwhile: its own round (which waits for the apply too).
+                HaState::Active => {
+                    raft.read_index(deadline.saturating_duration_since(Instant::now())).await?;
+                    return Ok((core.ha.own().unwrap_or_else(|| Arc::clone(&asked)), true));
+                }
+                HaState::Standby { leader: Some(now) } if now.uuid != asked.uuid => {
+                    leader = now;
+                    break;
+                }
+                _ => {}
+            }
+            if retry_at.is_some_and(|at| Instant::now() >= at) {
+                break;
+            }
+        }
+    }
 }
 
 /// Header value of a number (always valid).

@@ -270,7 +270,7 @@ async fn handle(
         forward::Decision::Respond(resp) => return resp,
         forward::Decision::Dispatch if read_index => return serve_read_index(&state.core).await,
         forward::Decision::Dispatch => {}
-        forward::Decision::Local(leader) => return serve_on_standby(&state, &leader, method, uri, path, headers, body).await,
+        forward::Decision::Local(leader) => return serve_on_standby(&state, leader, method, uri, path, headers, body).await,
     }
     let inc = Incoming { method, path, query: parse_query(&uri), headers, body };
     dispatch(&state, inc).await
@@ -291,7 +291,7 @@ async fn serve_read_index(core: &Core) -> HttpResponse {
 /// state cannot be reached in time.
 async fn serve_on_standby(
     state: &AppState,
-    leader: &crate::ha::LeaderAdvertisement,
+    leader: Arc<crate::ha::LeaderAdvertisement>,
     method: Method,
     uri: Uri,
     path: String,
@@ -305,17 +305,16 @@ async fn serve_on_standby(
         Ok(x) => x,
         Err(e) => return error_response(&e),
     };
-    let reached = match wanted {
-        consistency::Wanted::Any => true,
-        consistency::Wanted::Index(index) => raft.wait_applied(index, consistency::INDEX_WAIT).await.is_ok(),
-        consistency::Wanted::Linearizable => match forward::read_index(leader).await {
-            Ok(index) => raft.wait_applied(index, consistency::LINEARIZABLE_WAIT).await.is_ok(),
-            Err(e) => {
-                tracing::debug!("no read index from the active node, forwarding: {e}");
-                false
-            }
+    let (leader, reached) = match wanted {
+        consistency::Wanted::Any => (leader, true),
+        consistency::Wanted::Index(index) => (leader, raft.wait_applied(index, consistency::INDEX_WAIT).await.is_ok()),
+        // No stale fallback: without a read index from an active node in time, an error.
+        consistency::Wanted::Linearizable => match consistency::standby_linearizable(core, leader).await {
+            Ok(x) => x,
+            Err(e) => return error_response(&e),
         },
     };
+    let leader = &*leader;
     if !reached {
         if when_stale == consistency::WhenStale::Fail {
             metrics::STANDBY_INDEX_FAILED.inc();
