@@ -29,8 +29,15 @@ pub struct LazyEtcd {
 impl LazyEtcd {
     /// Connects now if etcd answers; otherwise logs why and keeps trying in the background.
     /// `stanza` (`storage` or `ha_storage`) names the configuration in messages.
-    pub async fn connect(config: EtcdConfig, stanza: &'static str) -> std::result::Result<Arc<Self>, String> {
-        let me = Arc::new(Self { backend: OnceLock::new(), config: config.clone(), last_error: Mutex::new(String::new()) });
+    pub async fn connect(
+        config: EtcdConfig,
+        stanza: &'static str,
+    ) -> std::result::Result<Arc<Self>, String> {
+        let me = Arc::new(Self {
+            backend: OnceLock::new(),
+            config: config.clone(),
+            last_error: Mutex::new(String::new()),
+        });
         match EtcdBackend::connect(config).await {
             Ok(b) => {
                 let _ = me.backend.set(b);
@@ -48,7 +55,11 @@ impl LazyEtcd {
     fn connected(&self) -> Result<&EtcdBackend> {
         self.backend.get().ok_or_else(|| {
             let why = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            Error::Unavailable(if why.is_empty() { "etcd is not connected yet".to_string() } else { why })
+            Error::Unavailable(if why.is_empty() {
+                "etcd is not connected yet".to_string()
+            } else {
+                why
+            })
         })
     }
 
@@ -64,7 +75,10 @@ async fn reconnect(me: Weak<LazyEtcd>, stanza: &'static str) {
         match EtcdBackend::connect(lazy.config.clone()).await {
             Ok(b) => {
                 let _ = lazy.backend.set(b);
-                tracing::info!("{stanza} \"etcd\": connected to {}", lazy.config.endpoints.join(","));
+                tracing::info!(
+                    "{stanza} \"etcd\": connected to {}",
+                    lazy.config.endpoints.join(",")
+                );
                 return;
             }
             Err(e) => {
