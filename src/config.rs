@@ -48,7 +48,9 @@ pub const DEFAULT_MAX_REQUEST_DURATION: Duration = Duration::from_secs(90);
 /// Vault's system default for `default_lease_ttl` and `max_lease_ttl` (32 days).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(768 * 3600);
 /// Storage types a vaultd server can run on; others parse (for the banner) but fail validation.
-pub const SUPPORTED_STORAGE_TYPES: &[&str] = &["raft", "inmem", "file"];
+pub const SUPPORTED_STORAGE_TYPES: &[&str] = &["raft", "inmem", "file", "etcd"];
+/// `ha_storage` types a vaultd server can run with (beside any supported `storage`).
+pub const SUPPORTED_HA_STORAGE_TYPES: &[&str] = &["etcd"];
 
 /// Everything that can go wrong while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +93,8 @@ fn invalid(file: &str, key: impl Into<String>, message: impl Into<String>) -> Co
 pub struct Config {
     /// `storage "<type>" {}`, or the legacy `backend "<type>" {}`.
     pub storage: Option<Storage>,
-    /// `ha_storage` / legacy `ha_backend`. Parsed so the error can be precise; vaultd rejects it.
+    /// `ha_storage` / legacy `ha_backend`: where the active-node lock lives when it is not the
+    /// data store (split mode). Only `etcd` is accepted (validation says why for others).
     pub ha_storage: Option<Storage>,
     pub listeners: Vec<Listener>,
     /// URL advertised to clients and peers. Env `BAO_API_ADDR`/`VAULT_API_ADDR` wins.
@@ -407,6 +410,24 @@ impl Config {
             self.cluster_addr = Some(force_https(&value));
             self.sources.insert("cluster_addr".to_string(), env_source(&var));
         }
+        // Vault's etcd backend: ETCD_ADDR wins over `address`; ETCD_USERNAME and ETCD_PASSWORD
+        // apply where the stanza sets no `username` / `password`.
+        for (stanza, storage) in [("storage", &mut self.storage), ("ha_storage", &mut self.ha_storage)] {
+            let Some(s) = storage.as_mut().filter(|s| s.kind == "etcd") else { continue };
+            if let Some(addr) = lookup("ETCD_ADDR").filter(|v| !v.is_empty()) {
+                s.options.insert("address".to_string(), addr);
+                self.sources.insert(format!("{stanza}.etcd.address"), env_source("ETCD_ADDR"));
+            }
+            for (key, var) in [("username", "ETCD_USERNAME"), ("password", "ETCD_PASSWORD")] {
+                if s.options.contains_key(key) {
+                    continue;
+                }
+                if let Some(v) = lookup(var).filter(|v| !v.is_empty()) {
+                    s.options.insert(key.to_string(), v);
+                    self.sources.insert(format!("{stanza}.etcd.{key}"), env_source(var));
+                }
+            }
+        }
         let path = read("RAFT_PATH");
         let node_id = read("RAFT_NODE_ID");
         let non_voter = read("RAFT_RETRY_JOIN_AS_NON_VOTER");
@@ -490,6 +511,9 @@ impl Config {
                 ));
             }
         }
+        if storage.kind == "etcd" {
+            self.etcd_config(false)?;
+        }
         if let Some(ha) = &self.ha_storage {
             let ha_file = self.source("ha_storage");
             let message = if storage.kind == "raft" && ha.kind == "raft" {
@@ -498,11 +522,39 @@ impl Config {
                     .to_string()
             } else if storage.kind == "raft" {
                 "HA storage cannot be declared when Raft is the storage type".to_string()
-            } else {
-                "ha_storage is not supported by vaultd; storage \"raft\" provides HA itself"
+            } else if ha.kind == "raft" {
+                // OpenBao accepts raft as an HA-only backend; vaultd's Raft carries data too.
+                "ha_storage \"raft\" is not supported by vaultd; use storage \"raft\", which \
+                 provides HA itself, or ha_storage \"etcd\""
                     .to_string()
+            } else if !SUPPORTED_HA_STORAGE_TYPES.contains(&ha.kind.as_str()) {
+                format!(
+                    "unknown HA storage type {:?}; vaultd supports: {}",
+                    ha.kind,
+                    SUPPORTED_HA_STORAGE_TYPES.join(", ")
+                )
+            } else {
+                String::new()
             };
-            return Err(invalid(&ha_file, format!("ha_storage.{}", ha.kind), message));
+            if !message.is_empty() {
+                return Err(invalid(&ha_file, format!("ha_storage.{}", ha.kind), message));
+            }
+            let ha_cfg = self.etcd_config(true)?;
+            if storage.kind == "etcd" {
+                if let (Some(data), Some(lock)) = (self.etcd_config(false)?, ha_cfg) {
+                    if data.path == lock.path && data.endpoints == lock.endpoints {
+                        return Err(invalid(
+                            &ha_file,
+                            "ha_storage.etcd.path",
+                            format!(
+                                "ha_storage and storage use the same etcd path {:?}; give the \
+                                 HA lock its own path",
+                                lock.path
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         if let Some(raft) = &storage.raft {
             if raft.path.as_os_str().is_empty() {
@@ -544,6 +596,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The etcd settings of `storage` (or, with `ha`, of `ha_storage`) when that stanza is
+    /// `etcd`, checked; errors name the file and key.
+    pub fn etcd_config(
+        &self,
+        ha: bool,
+    ) -> Result<Option<vaultd_storage::etcd::EtcdConfig>, ConfigError> {
+        let (stanza, storage) =
+            if ha { ("ha_storage", &self.ha_storage) } else { ("storage", &self.storage) };
+        let Some(s) = storage.as_ref().filter(|s| s.kind == "etcd") else { return Ok(None) };
+        vaultd_storage::etcd::EtcdConfig::from_options(&s.options, parse_duration)
+            .map(Some)
+            .map_err(|e| {
+                let msg = e.to_string();
+                // The storage crate says `storage "etcd": <key>: <problem>`.
+                let detail = msg.split_once("storage \"etcd\": ").map_or(msg.as_str(), |(_, d)| d);
+                let (key, problem) = detail.split_once(": ").unwrap_or(("", detail));
+                let key = if key.is_empty() { format!("{stanza}.etcd") } else { format!("{stanza}.etcd.{key}") };
+                invalid(&self.source(stanza), key, problem.to_string())
+            })
     }
 
     fn source(&self, key: &str) -> String {
@@ -3288,7 +3361,7 @@ cluster_addr = "https://127.0.0.1:8201"
         let file_storage = parse("storage \"consul\" {\n  path = \"/x\"\n}\nlistener \"tcp\" {\n  tls_disable = true\n}\n");
         assert_eq!(
             server_err(&file_storage),
-            "config.hcl: storage.consul: unknown storage type \"consul\"; vaultd supports: raft, inmem, file"
+            "config.hcl: storage.consul: unknown storage type \"consul\"; vaultd supports: raft, inmem, file, etcd"
         );
 
         let mut c = ok.clone();
@@ -3319,7 +3392,9 @@ cluster_addr = "https://127.0.0.1:8201"
         let c = parse(&raft_config("ha_storage \"consul\" {}"));
         assert_eq!(server_err(&c), "config.hcl: ha_storage.consul: HA storage cannot be declared when Raft is the storage type");
         let c = parse("storage \"inmem\" {}\nha_storage \"raft\" {\n  path = \"/x\"\n}\nlistener \"tcp\" {\n  tls_disable = true\n}\n");
-        assert!(server_err(&c).contains("ha_storage is not supported by vaultd"));
+        assert!(server_err(&c).contains("ha_storage \"raft\" is not supported by vaultd"));
+        let c = parse("storage \"inmem\" {}\nha_storage \"consul\" {}\nlistener \"tcp\" {\n  tls_disable = true\n}\n");
+        assert_eq!(server_err(&c), "config.hcl: ha_storage.consul: unknown HA storage type \"consul\"; vaultd supports: etcd");
 
         let mut c = ok.clone();
         c.cluster_addr = c.api_addr.clone();
@@ -3494,5 +3569,55 @@ cluster_addr = "https://127.0.0.1:8201"
             server_err(&c),
             "dev mode: listener.0.address: invalid address \"nonsense\": missing port in address"
         );
+    }
+
+    /// `storage "etcd"` and split mode: Vault's keys, the environment overrides Vault's etcd
+    /// backend reads, and errors that name the stanza and key.
+    #[test]
+    fn etcd_storage_and_split_mode() {
+        let etcd = |extra: &str| {
+            format!(
+                "storage \"etcd\" {{\n  address = \"http://10.0.0.1:2379,http://10.0.0.2:2379\"\n  path = \"vault-data\"\n  lock_ttl = \"2s\"\n}}\n\
+                 listener \"tcp\" {{\n  tls_disable = true\n}}\n{extra}"
+            )
+        };
+        let c = parse(&etcd(""));
+        c.validate_for_server().unwrap();
+        let e = c.etcd_config(false).unwrap().unwrap();
+        assert_eq!(e.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert_eq!((e.path.as_str(), e.lock_ttl), ("/vault-data/", Duration::from_secs(2)));
+        assert!(c.etcd_config(true).unwrap().is_none());
+
+        let split = parse(&etcd("ha_storage \"etcd\" {\n  address = \"http://10.0.0.1:2379\"\n  path = \"/vault-ha/\"\n}\n"));
+        split.validate_for_server().unwrap();
+        assert_eq!(split.etcd_config(true).unwrap().unwrap().path, "/vault-ha/");
+        let same = parse(&etcd("ha_storage \"etcd\" {\n  address = \"http://10.0.0.1:2379,http://10.0.0.2:2379\"\n  path = \"vault-data\"\n}\n"));
+        assert!(server_err(&same).contains("ha_storage.etcd.path: ha_storage and storage use the same etcd path"), "{}", server_err(&same));
+        let inmem = parse("storage \"inmem\" {}\nha_storage \"etcd\" {}\nlistener \"tcp\" {\n  tls_disable = true\n}\n");
+        inmem.validate_for_server().unwrap();
+
+        let bad = parse(&etcd("").replace("\"2s\"", "\"soon\""));
+        assert!(server_err(&bad).starts_with("config.hcl: storage.etcd.lock_ttl: "), "{}", server_err(&bad));
+        let bad = parse(&etcd("").replace("http://10.0.0.2:2379", "10.0.0.2:2379"));
+        assert!(server_err(&bad).starts_with("config.hcl: storage.etcd.address: "), "{}", server_err(&bad));
+
+        // ETCD_ADDR wins over the file; ETCD_USERNAME / ETCD_PASSWORD only fill what it lacks.
+        let mut c = parse(&etcd("").replace("  lock_ttl", "  username = \"file-user\"\n  password = \"file-pw\"\n  lock_ttl"));
+        c.apply_env_from(|name| match name {
+            "ETCD_ADDR" => Some("http://env:2379".into()),
+            "ETCD_USERNAME" => Some("env-user".into()),
+            _ => None,
+        });
+        let e = c.etcd_config(false).unwrap().unwrap();
+        assert_eq!(e.endpoints, ["http://env:2379"]);
+        assert_eq!(e.username.as_deref(), Some("file-user"));
+        let mut c = parse(&etcd(""));
+        c.apply_env_from(|name| match name {
+            "ETCD_USERNAME" => Some("env-user".into()),
+            "ETCD_PASSWORD" => Some("env-pw".into()),
+            _ => None,
+        });
+        let e = c.etcd_config(false).unwrap().unwrap();
+        assert_eq!((e.username.as_deref(), e.password.as_deref()), (Some("env-user"), Some("env-pw")));
     }
 }

@@ -59,12 +59,17 @@ const MAX_INVALIDATION_ENTRIES: u64 = 4096;
 const MAX_INVALIDATION_KEYS: usize = 65_536;
 /// Upper bound on keys removed when a mount is disabled in one call (bounded memory).
 const MAX_UNMOUNT_KEYS: usize = 1_000_000;
+/// Keys deleted per storage transaction when a mount is disabled: etcd's default
+/// `--max-txn-ops` is 128.
+const DELETE_CHUNK: usize = 128;
 
 /// Where the storage lives and what it can do; fixed for the life of the process.
 pub enum StorageKind {
     Raft(Arc<RaftNode>),
     Inmem,
     File,
+    /// `storage "etcd"`: one etcd cluster shared by every node.
+    Etcd,
 }
 
 impl StorageKind {
@@ -73,6 +78,7 @@ impl StorageKind {
             StorageKind::Raft(_) => "raft",
             StorageKind::Inmem => "inmem",
             StorageKind::File => "file",
+            StorageKind::Etcd => "etcd",
         }
     }
 }
@@ -90,6 +96,9 @@ pub struct CoreConfig {
     /// Whether a standby serves reads from its local replica (`disable_performance_standby` and
     /// `disable_standby_reads` turn it off).
     pub performance_standby: bool,
+    /// HA on a lock in an HA backend (etcd, as `storage` or `ha_storage`); `None` with raft
+    /// (leadership is the lock) and with storage that has no HA.
+    pub ha_lock: Option<crate::ha::LockHa>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +176,8 @@ pub struct Core {
     follower_sync: Mutex<()>,
     /// Active or standby (`ha`).
     pub(crate) ha: crate::ha::Ha,
+    /// HA on a lock rather than on Raft leadership (`ha`).
+    pub(crate) ha_lock: Option<crate::ha::LockHa>,
     /// This core, for the background tasks it starts (they must not keep it alive).
     me: Weak<Core>,
 }
@@ -198,6 +209,7 @@ impl Core {
             synced_as_leader: AtomicBool::new(false),
             follower_sync: Mutex::new(()),
             ha: crate::ha::Ha::default(),
+            ha_lock: cfg.ha_lock,
             me: me.clone(),
         })
     }
@@ -214,19 +226,22 @@ impl Core {
         !self.ready.load(Ordering::Acquire)
     }
 
+    /// Whether nodes elect an active one: Raft leadership, or a lock in an HA backend.
     pub fn ha_enabled(&self) -> bool {
-        matches!(self.storage, StorageKind::Raft(_))
+        matches!(self.storage, StorageKind::Raft(_)) || self.ha_lock.is_some()
     }
 
     /// Whether this node is a performance standby now: an unsealed standby on integrated storage
     /// with standby reads enabled. It serves reads locally and forwards writes.
     pub fn is_performance_standby(&self) -> bool {
-        self.performance_standby && matches!(self.ha_state(), crate::ha::HaState::Standby { .. }) && !self.removed_from_cluster()
+        self.performance_standby_enabled() && matches!(self.ha_state(), crate::ha::HaState::Standby { .. }) && !self.removed_from_cluster()
     }
 
-    /// Whether standby reads are enabled by configuration.
+    /// Whether standby reads are enabled: by configuration, and only on integrated storage. A
+    /// standby on a lock (etcd) is a plain standby: nothing tells it what the active node changed,
+    /// so its caches would serve stale tokens and policies.
     pub fn performance_standby_enabled(&self) -> bool {
-        self.performance_standby
+        self.performance_standby && self.raft().is_some()
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftNode>> {
@@ -570,6 +585,13 @@ impl Core {
         Ok(())
     }
 
+    /// A node that just took the HA lock drops its caches and rebuilds its routes: the previous
+    /// active node changed the shared store under it.
+    pub(crate) async fn reload_for_active(&self) -> Result<()> {
+        let _mounts = self.mount_lock.lock().await;
+        self.reload_stored_state().await
+    }
+
     /// A node that just became Raft leader refreshes its caches and routes once: it applied the
     /// old leader's entries as a follower.
     pub(crate) async fn refresh_as_new_leader(&self) -> Result<()> {
@@ -607,7 +629,7 @@ impl Core {
         if let Ok(mut c) = self.cluster.write() {
             *c = info;
         }
-        if self.raft().is_none() {
+        if !self.ha_enabled() {
             self.set_active_since(Some(crate::kv::now_rfc3339()));
         }
         // Last before ready: nothing can fail after the tidy starts, so a failed unseal never
@@ -776,6 +798,11 @@ impl Core {
                 return Err(Error::Unavailable("node is not active".into()));
             }
         }
+        // On a lock, a standby serves nothing itself (the HTTP layer forwards), and an active node
+        // that lost its lock stops at once, before etcd lets another node take it.
+        if self.ha_lock.is_some() && !self.ha_state().is_active() {
+            return Err(Error::Unavailable("node is not active".into()));
+        }
         self.sync_follower().await?;
         let (target, mount_point) = self.target(&req.path);
         let mut req = req.clone();
@@ -931,7 +958,7 @@ impl Core {
         self.router.rebuild(&self.barrier, &table)?;
         let view = View::new(self.barrier.clone(), entry.storage_prefix());
         let keys = view.list_recursive("", MAX_UNMOUNT_KEYS).await?;
-        for chunk in keys.chunks(256) {
+        for chunk in keys.chunks(DELETE_CHUNK) {
             view.transaction(chunk.iter().map(|k| ViewOp::Delete(k.clone())).collect()).await?;
         }
         Ok(())
@@ -1005,7 +1032,7 @@ impl Core {
         }
         let view = View::new(self.barrier.clone(), entry.auth_storage_prefix());
         let keys = view.list_recursive("", MAX_UNMOUNT_KEYS).await?;
-        for chunk in keys.chunks(256) {
+        for chunk in keys.chunks(DELETE_CHUNK) {
             view.transaction(chunk.iter().map(|k| ViewOp::Delete(k.clone())).collect()).await?;
         }
         Ok(())
@@ -1026,6 +1053,11 @@ impl Core {
     }
 
     pub async fn shutdown(&self) {
+        if self.ha_lock.is_some() {
+            // Stop serving and give the lock back, so a standby takes over without waiting out
+            // the lock's TTL.
+            self.stop_ha().await;
+        }
         if let StorageKind::Raft(raft) = &self.storage {
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(error = %e, "raft shutdown");
@@ -1095,6 +1127,7 @@ mod tests {
             default_lease_ttl: 768 * 3600,
             max_lease_ttl: 768 * 3600,
             performance_standby: true,
+            ha_lock: None,
         });
         core.dev_setup(Some("root")).await.unwrap();
         core

@@ -1,4 +1,18 @@
-//! High availability on integrated storage: which node is active.
+//! High availability: which node is active, on Raft leadership or on a lock in an HA backend.
+//!
+//! Two sources of leadership feed one state ([`HaState`], [`Core::ha_state`]), one advertisement
+//! ([`LeaderAdvertisement`] at `core/leader/<uuid>` through the barrier) and one forwarding path:
+//! - integrated storage (raft): the Raft leader is the active node (below);
+//! - a lock ([`LockHa`]: `storage "etcd"`, or `ha_storage "etcd"` beside another storage): the
+//!   holder of [`LOCK_KEY`] in the HA backend is the active node, as in Vault (`vault/ha.go`).
+//!   Each attempt takes the lock with a fresh uuid as its value; the holder registers the lock
+//!   with the data backend (fenced writes), drops its caches, writes its advertisement at
+//!   `core/leader/<lock value>` and serves forwarded requests on a cluster listener of its own
+//!   (`cluster_address`, TLS with ALPN as on raft's port). It stops serving the moment the
+//!   lock's [`LockLost`] resolves (checked on every [`Core::ha_state`]), which the etcd lock does
+//!   before etcd can hand the lock to another node. Standbys read the lock's value, then the
+//!   advertisement it names, and forward everything: nothing tells them what the active node
+//!   changed, so they are never performance standbys. Step-down and seal release the lock.
 //!
 //! The Raft leader is the active node, once it has proven its leadership and finished becoming
 //! active; every other unsealed node is a standby (Vault: `vault/ha.go`, where the HA lock on
@@ -32,8 +46,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use vaultd_raft::cluster::ALPN_REQUEST_FORWARDING;
-use vaultd_raft::{RaftNode, RaftStatus};
+use vaultd_raft::{ClusterHandler, ClusterListener, ClusterTls, RaftNode, RaftStatus};
+use vaultd_storage::{HaBackend, HaLock, LockLost};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -72,6 +88,26 @@ const MAX_ADVERTISEMENTS: usize = 64;
 /// all the time), and otherwise every REREAD_MAX.
 const REREAD_MIN: Duration = Duration::from_millis(20);
 const REREAD_MAX: Duration = Duration::from_secs(1);
+
+/// The active-node lock in an HA backend (Vault's `core/lock`).
+pub const LOCK_KEY: &str = "core/lock";
+/// How often a standby on a lock looks at the lock's holder: often while it knows no active node,
+/// less once it does (each look is one read from the HA backend).
+const LOCK_LOOK_UNKNOWN: Duration = Duration::from_millis(100);
+const LOCK_LOOK_KNOWN: Duration = Duration::from_millis(250);
+/// Pause after a failed attempt to take the lock (the HA backend unreachable).
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Bound on releasing the lock at seal, step-down and shutdown; the lease expires anyway.
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HA on a lock in an HA backend rather than on Raft leadership.
+pub struct LockHa {
+    /// Where the lock lives (`ha_storage`, else `storage`).
+    pub backend: Arc<dyn HaBackend>,
+    /// The data backend the active node registers its lock with, so that its writes fail once
+    /// the lock is lost; `None` when the data backend cannot check that lock (another store).
+    pub fence: Option<Arc<dyn HaBackend>>,
+}
 
 /// What the active node writes at `core/leader/<uuid>` through the barrier.
 #[derive(Clone, Serialize, Deserialize)]
@@ -121,6 +157,11 @@ pub struct Ha {
     /// Woken when this node becomes active, leaves, or learns the active node: requests
     /// waiting in [`Core::await_active`].
     changed: tokio::sync::Notify,
+    /// On a lock: the handle of the current attempt (released at seal), the node's own cluster
+    /// listener for forwarded requests, and the step-down request to the task.
+    lock: Mutex<Option<Arc<dyn HaLock>>>,
+    listener: Mutex<Option<ClusterListener>>,
+    step_down_requested: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -135,6 +176,8 @@ struct Inner {
     last_miss: Option<(u64, Instant)>,
     /// When the standby saw the current (term, leader) first: how long finding it took.
     leader_seen_at: Option<Instant>,
+    /// On a lock, while active: resolves when the lock is lost.
+    lock_lost: Option<LockLost>,
 }
 
 impl Ha {
@@ -206,9 +249,12 @@ impl Core {
         let inner = self.ha.read();
         state_of(
             self.is_sealed(),
-            raft.is_some(),
+            self.ha_enabled(),
             inner.own.as_ref(),
-            || raft.is_some_and(|r| holds_lease(r)),
+            || match raft {
+                Some(r) => holds_lease(r),
+                None => inner.lock_lost.as_ref().is_some_and(|l| !l.is_lost()),
+            },
             inner.leader.as_ref(),
         )
     }
@@ -253,15 +299,37 @@ impl Core {
     /// unseals before the listeners exist).
     pub fn set_http_app(&self, app: axum::Router) -> Result<()> {
         self.ha.set_app(app.clone());
-        if let (Some(own), Some(raft)) = (self.ha.own(), self.raft()) {
-            raft.register_protocol(ALPN_REQUEST_FORWARDING, forwarding::server_handler(&own.identity, app)?)?;
+        if let Some(own) = self.ha.own() {
+            self.register_forwarding(forwarding::server_handler(&own.identity, app)?)?;
         }
         Ok(())
+    }
+
+    /// Serves forwarded requests with `handler`: on the Raft cluster port, or on a lock, on this
+    /// node's own cluster listener.
+    fn register_forwarding(&self, handler: Arc<dyn ClusterHandler>) -> Result<()> {
+        if let Some(raft) = self.raft() {
+            raft.register_protocol(ALPN_REQUEST_FORWARDING, handler)?;
+        } else if let Some(l) = self.ha.listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            l.register_protocol(ALPN_REQUEST_FORWARDING, handler);
+        }
+        Ok(())
+    }
+
+    fn unregister_forwarding(&self) {
+        if let Some(raft) = self.raft() {
+            raft.unregister_protocol(ALPN_REQUEST_FORWARDING);
+        } else if let Some(l) = self.ha.listener.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            l.unregister_protocol(ALPN_REQUEST_FORWARDING);
+        }
     }
 
     /// At the end of unseal: one HA step now (a node that leads becomes active before it reports
     /// unsealed), then the background task.
     pub(crate) async fn start_ha(&self) {
+        if self.ha_lock.is_some() {
+            return self.start_lock_ha().await;
+        }
         let Some(raft) = self.raft().cloned() else { return };
         // Only a proven leader (the unseal's quorum round) steps inline: a node restored as
         // leader of an old term would wait out the whole timeout here and delay the unseal.
@@ -287,6 +355,17 @@ impl Core {
         if let Some(own) = own {
             self.delete_advertisement(&own.uuid).await;
         }
+        // On a lock: give it back (after the advertisement, which a fenced write removes only
+        // while the lock is held), and close the forwarding listener.
+        let lock = self.ha.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = lock {
+            match tokio::time::timeout(UNLOCK_TIMEOUT, lock.unlock()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "ha: releasing the HA lock failed; it expires with its lease"),
+                Err(_) => tracing::warn!("ha: releasing the HA lock timed out; it expires with its lease"),
+            }
+        }
+        drop(self.ha.listener.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut inner = self.ha.write();
         inner.leader = None;
         inner.looked_up_for = None;
@@ -297,6 +376,21 @@ impl Core {
     /// `sys/step-down` on the active node: stop being active at once, remove the advertisement,
     /// and let another node take leadership (in the background; the request returns at once).
     pub async fn step_down(&self) -> Result<()> {
+        if self.ha_lock.is_some() {
+            if !self.ha_state().is_active() {
+                return Err(Error::Unavailable("node is not active".into()));
+            }
+            if self.ha.stepping_down.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            let own = self.leave_active("step-down requested");
+            if let Some(own) = own {
+                self.delete_advertisement(&own.uuid).await;
+            }
+            // The task releases the lock and waits before it tries to take it again.
+            self.ha.step_down_requested.notify_one();
+            return Ok(());
+        }
         let Some(raft) = self.raft().cloned() else { return Ok(()) };
         if !self.ha_state().is_active() {
             return Err(Error::Unavailable("node is not active".into()));
@@ -323,11 +417,13 @@ impl Core {
     /// Stops being active (no storage writes: the node may have lost its quorum). Returns the
     /// advertisement it had, if it was active.
     fn leave_active(&self, why: &str) -> Option<Arc<LeaderAdvertisement>> {
-        let own = self.ha.write().own.take();
+        let own = {
+            let mut inner = self.ha.write();
+            inner.lock_lost = None;
+            inner.own.take()
+        };
         if own.is_some() {
-            if let Some(raft) = self.raft() {
-                raft.unregister_protocol(ALPN_REQUEST_FORWARDING);
-            }
+            self.unregister_forwarding();
             self.set_active_since(None);
             self.ha.changed.notify_waiters();
             tracing::info!(reason = why, "ha: stopped active operation, now standby");
@@ -380,8 +476,16 @@ impl Core {
         tracing::debug!(elapsed_ms = ms(started), "ha: raft leadership proven");
         self.refresh_as_new_leader().await?;
         tracing::debug!(elapsed_ms = ms(started), "ha: caches refreshed");
+        self.advertise_and_serve(uuid::Uuid::new_v4().to_string(), None, started).await
+    }
+
+    /// The end of becoming active, whatever the leadership source: the advertisement under
+    /// `uuid`, the forwarding handler, then Active (on a lock, for as long as `lost` has not
+    /// resolved).
+    async fn advertise_and_serve(&self, uuid: String, lost: Option<LockLost>, started: Instant) -> Result<()> {
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
         let ad = LeaderAdvertisement {
-            uuid: uuid::Uuid::new_v4().to_string(),
+            uuid,
             api_addr: self.api_addr.clone(),
             cluster_addr: self.cluster_addr.clone(),
             identity: ForwardingIdentity::generate()?,
@@ -392,13 +496,14 @@ impl Core {
         tracing::debug!(elapsed_ms = ms(started), "ha: advertisement written");
         let app = self.ha.app.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(app) = app {
-            raft.register_protocol(ALPN_REQUEST_FORWARDING, forwarding::server_handler(&ad.identity, app)?)?;
+            self.register_forwarding(forwarding::server_handler(&ad.identity, app)?)?;
         }
         // Leadership may have moved while this ran; the next step notices and leaves again.
         self.set_active_since(Some(ad.active_since.clone()));
         {
             let mut inner = self.ha.write();
             inner.own = Some(Arc::new(ad.clone()));
+            inner.lock_lost = lost;
             inner.leader = None;
             inner.looked_up_for = None;
             inner.leader_seen_at = None;
@@ -479,6 +584,191 @@ impl Core {
             }
         }
         Ok(ads)
+    }
+}
+
+impl Core {
+    /// Unseal on a lock: open this node's cluster listener (forwarded requests reach the active
+    /// node there), then start the task that takes the lock or follows its holder.
+    async fn start_lock_ha(&self) {
+        match self.cluster_bind {
+            // The listener's own identity serves no protocol: forwarding brings its pinned one.
+            Some(bind) => match ClusterTls::generate() {
+                Ok(tls) => match ClusterListener::bind(bind, &tls).await {
+                    Ok(l) => *self.ha.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
+                    Err(e) => tracing::warn!(error = %e, "ha: the cluster listener did not start; standbys cannot forward to this node"),
+                },
+                Err(e) => tracing::warn!(error = %e, "ha: no TLS identity for the cluster listener"),
+            },
+            None => tracing::warn!("no usable cluster_address: standbys cannot forward to this node"),
+        }
+        let handle = tokio::spawn(lock_loop(self.weak()));
+        let old = self.ha.task.lock().unwrap_or_else(|p| p.into_inner()).replace(handle);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Holder of the lock: fence the data writes on it, drop caches the previous active node
+    /// made stale, advertise, serve.
+    async fn become_active_on_lock(&self, lock: &dyn HaLock, uuid: &str, lost: LockLost) -> Result<()> {
+        let started = Instant::now();
+        if let Some(fence) = self.ha_lock.as_ref().and_then(|l| l.fence.as_ref()) {
+            fence.register_active_node_lock(lock).await?;
+        }
+        self.reload_for_active().await?;
+        self.advertise_and_serve(uuid.to_string(), Some(lost), started).await
+    }
+
+    /// On a standby on a lock: who holds the lock, and that node's advertisement. Returns when
+    /// to look again.
+    async fn refresh_lock_holder(&self, lock: &dyn HaLock) -> Duration {
+        let value = match tokio::time::timeout(BECOME_ACTIVE_TIMEOUT, lock.value()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "ha: reading the HA lock's holder failed");
+                return LOCK_LOOK_UNKNOWN;
+            }
+            Err(_) => return LOCK_LOOK_UNKNOWN,
+        };
+        let Some(uuid) = value else {
+            let mut inner = self.ha.write();
+            inner.leader = None;
+            inner.looked_up_for = None;
+            return LOCK_LOOK_UNKNOWN;
+        };
+        let key = Some((0, uuid.clone()));
+        {
+            let inner = self.ha.read();
+            if inner.looked_up_for == key && inner.leader.is_some() {
+                return LOCK_LOOK_KNOWN;
+            }
+        }
+        let found = match self.core_view().get_json::<LeaderAdvertisement>(&format!("{ADVERTISEMENT_PREFIX}{uuid}")).await {
+            // A lock this node held before a restart, not expired yet, is not an active node.
+            Ok(Some(ad)) if ad.cluster_addr != self.cluster_addr => Some(Arc::new(ad)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "ha: reading the active node's advertisement failed");
+                None
+            }
+        };
+        let learned = found.is_some();
+        {
+            let mut inner = self.ha.write();
+            if inner.looked_up_for != key {
+                inner.leader_seen_at = Some(Instant::now());
+            }
+            if let (Some(ad), Some(seen)) = (&found, inner.leader_seen_at) {
+                tracing::debug!(active = %ad.cluster_addr, after_ms = seen.elapsed().as_millis() as u64, "ha: found the active node's advertisement");
+            }
+            inner.leader = found;
+            inner.looked_up_for = key;
+        }
+        if learned {
+            self.ha.changed.notify_waiters();
+            LOCK_LOOK_KNOWN
+        } else {
+            LOCK_LOOK_UNKNOWN
+        }
+    }
+}
+
+/// Releases `lock`, bounded; a failure only means its lease runs out instead.
+async fn release(lock: &dyn HaLock) {
+    match tokio::time::timeout(UNLOCK_TIMEOUT, lock.unlock()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "ha: releasing the HA lock failed"),
+        Err(_) => tracing::debug!("ha: releasing the HA lock timed out"),
+    }
+}
+
+/// The task of a node on a lock (module docs): standby until it takes the lock, active until it
+/// loses it or steps down, again and again until sealed (the task is aborted).
+async fn lock_loop(core: Weak<Core>) {
+    loop {
+        // A fresh value per attempt: the advertisement of each term is stored under it.
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let lock: Arc<dyn HaLock> = {
+            let Some(c) = core.upgrade() else { return };
+            let Some(lha) = c.ha_lock.as_ref() else { return };
+            match lha.backend.lock_with(LOCK_KEY, &uuid) {
+                Ok(l) => {
+                    let l: Arc<dyn HaLock> = Arc::from(l);
+                    *c.ha.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&l));
+                    l
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ha: cannot make the HA lock; will retry");
+                    drop(c);
+                    tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        };
+        // Standby: wait for the lock, following its holder meanwhile.
+        let attempt = lock.lock(CancellationToken::new());
+        tokio::pin!(attempt);
+        let taken = loop {
+            let look = {
+                let Some(c) = core.upgrade() else { return };
+                c.refresh_lock_holder(&*lock).await
+            };
+            tokio::select! {
+                r = &mut attempt => break r,
+                _ = tokio::time::sleep(look) => {}
+            }
+        };
+        let lost = match taken {
+            Ok(Some(lost)) => lost,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "ha: taking the HA lock failed; will retry");
+                tokio::time::sleep(LOCK_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let Some(c) = core.upgrade() else { return };
+        tracing::info!("ha: took the HA lock");
+        match tokio::time::timeout(BECOME_ACTIVE_TIMEOUT, c.become_active_on_lock(&*lock, &uuid, lost.clone())).await {
+            Ok(Ok(())) => {}
+            failed => {
+                match failed {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "ha: becoming active failed; will retry"),
+                    _ => tracing::warn!("ha: becoming active timed out; will retry"),
+                }
+                c.leave_active("becoming active failed");
+                release(&*lock).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        }
+        // Active until the lock is lost or a step-down asks to let go.
+        let stepped_down = loop {
+            tokio::select! {
+                _ = lost.wait() => break false,
+                _ = c.ha.step_down_requested.notified() => {
+                    if c.ha.stepping_down.load(Ordering::Acquire) {
+                        break true;
+                    }
+                }
+            }
+        };
+        if !stepped_down {
+            // Stop serving first (ha_state already refuses), then clean up.
+            c.leave_active("the HA lock was lost");
+        }
+        release(&*lock).await;
+        if stepped_down {
+            // Vault waits before competing again, so that another node takes the lock.
+            let until = Instant::now() + STEP_DOWN_TIMEOUT;
+            while Instant::now() < until {
+                let look = c.refresh_lock_holder(&*lock).await;
+                tokio::time::sleep(look).await;
+            }
+            c.ha.stepping_down.store(false, Ordering::Release);
+            tracing::info!("ha: step-down finished");
+        }
     }
 }
 

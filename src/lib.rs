@@ -10,6 +10,7 @@ pub mod config;
 pub mod credential;
 pub mod core;
 pub mod error;
+pub mod etcd_storage;
 pub mod forwarding;
 pub mod ha;
 pub mod http;

@@ -559,7 +559,21 @@ fn capabilities(acl: &Acl, req: &Request) -> Result<Option<Response>> {
 /// forwards this request; answered on a standby anyway, it knows no contact times (`null`).
 fn ha_status(core: &Core) -> Result<Option<Response>> {
     let Some(raft) = core.raft() else {
-        return Err(Error::bad_request("node is not in HA cluster mode"));
+        if !core.ha_enabled() {
+            return Err(Error::bad_request("node is not in HA cluster mode"));
+        }
+        // On a lock (etcd) the active node hears nothing from its standbys: it lists itself.
+        let node = json!({
+            "hostname": core.api_addr,
+            "api_address": core.api_addr,
+            "cluster_address": core.cluster_addr,
+            "active_node": core.ha_state().is_active(),
+            "last_echo": Value::Null,
+            "version": crate::API_VERSION,
+        });
+        let mut r = Response::from_value(json!({ "nodes": [node] }));
+        r.inject_data_at_top = true;
+        return Ok(Some(r));
     };
     let active = core.ha_state().is_active();
     let contact = raft.peer_contact();

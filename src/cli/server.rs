@@ -7,11 +7,13 @@ use std::sync::Arc;
 use vaultd_raft::{RaftConfig, RaftNode};
 use vaultd_storage::inmem::InmemBackend;
 use vaultd_storage::sled_backend::SledBackend;
-use vaultd_storage::Backend;
+use vaultd_storage::{Backend, HaBackend};
 
 use super::ServerArgs;
 use crate::config::{self, Config};
 use crate::core::{Core, CoreConfig, StorageKind};
+use crate::etcd_storage::LazyEtcd;
+use crate::ha::LockHa;
 use crate::http::{self, listener, AppState};
 
 /// Vault's default lease TTLs (768h) when the config does not set them.
@@ -107,6 +109,8 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
     let cluster_addr = cfg.cluster_addr.clone().unwrap_or_else(|| format!("https://{}", first.cluster_address));
 
     let storage_cfg = cfg.storage.as_ref().ok_or("storage stanza is required")?;
+    // An etcd data store is also an HA backend (its lock is the active node's).
+    let mut storage_ha: Option<Arc<LazyEtcd>> = None;
     let (physical, storage): (Arc<dyn Backend>, StorageKind) = match storage_cfg.kind.as_str() {
         "raft" => {
             let raft = storage_cfg.raft.as_ref().ok_or("raft storage needs a path")?;
@@ -128,13 +132,38 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
             let b = SledBackend::open(&PathBuf::from(path)).map_err(|e| format!("opening file storage at {path}: {e}"))?;
             (Arc::new(b), StorageKind::File)
         }
-        other => return Err(format!("unknown storage type {other:?} (supported: raft, inmem, file)")),
+        "etcd" => {
+            let etcd = cfg.etcd_config(false).map_err(|e| e.to_string())?.ok_or("storage \"etcd\" has no settings")?;
+            let b = LazyEtcd::connect(etcd, "storage").await?;
+            storage_ha = Some(b.clone());
+            (b, StorageKind::Etcd)
+        }
+        other => return Err(format!("unknown storage type {other:?} (supported: raft, inmem, file, etcd)")),
+    };
+    // Split mode: the lock (and so the active node) in `ha_storage`, the data in `storage`.
+    let ha_storage: Option<Arc<LazyEtcd>> = match cfg.etcd_config(true).map_err(|e| e.to_string())? {
+        Some(etcd) => Some(LazyEtcd::connect(etcd, "ha_storage").await?),
+        None => None,
+    };
+    let ha_lock = match (&ha_storage, &storage_ha) {
+        (Some(ha), data) if ha.ha_enabled() => {
+            // The data writes can be fenced on a lock in the same etcd cluster only.
+            let fence = data
+                .as_ref()
+                .filter(|d| d.config().endpoints == ha.config().endpoints)
+                .map(|d| d.clone() as Arc<dyn HaBackend>);
+            Some(LockHa { backend: ha.clone(), fence })
+        }
+        (None, Some(data)) if data.ha_enabled() => {
+            Some(LockHa { backend: data.clone(), fence: Some(data.clone() as Arc<dyn HaBackend>) })
+        }
+        _ => None,
     };
 
     // The cluster port binds the first listener's cluster_address; a host name there (not an IP)
     // leaves the port closed, which only a lone node can live with.
     let cluster_bind = first.cluster_address.parse::<std::net::SocketAddr>().ok();
-    if cluster_bind.is_none() && storage.name() == "raft" {
+    if cluster_bind.is_none() && (storage.name() == "raft" || ha_lock.is_some()) {
         tracing::warn!(address = %first.cluster_address, "cluster_address is not an IP address and port; the cluster port cannot start");
     }
     let core = Core::new(CoreConfig {
@@ -146,6 +175,7 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         default_lease_ttl: cfg.default_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
         max_lease_ttl: cfg.max_lease_ttl.map_or(DEFAULT_LEASE_TTL_SECS, |d| d.as_secs()),
         performance_standby: !(cfg.disable_performance_standby || cfg.disable_standby_reads),
+        ha_lock,
     });
 
     crate::sys_snapshot::spawn_restore_watcher(&core);
@@ -187,11 +217,19 @@ async fn run_inner(args: ServerArgs) -> Result<(), String> {
         ));
     }
 
-    let storage_line = match core.storage.name() {
-        "raft" => "raft (HA available)".to_string(),
-        other => format!("{other} (HA disabled)"),
+    // Vault's banner: with an HA-enabled ha_storage, an "HA Storage" line and the plain storage
+    // type; otherwise whether the storage itself elects an active node.
+    let ha_storage_line = ha_storage.as_ref().filter(|h| h.ha_enabled()).map(|_| "etcd");
+    let storage_line = match (core.storage.name(), ha_storage_line) {
+        (other, Some(_)) => other.to_string(),
+        ("raft", None) => "raft (HA available)".to_string(),
+        (other, None) if core.ha_enabled() => format!("{other} (HA available)"),
+        (other, None) => format!("{other} (HA disabled)"),
     };
     let mut banner = String::from("==> Vault server configuration:\n\n");
+    if let Some(ha) = ha_storage_line {
+        banner.push_str(&format!("{:>24}: {}\n", "HA Storage", ha));
+    }
     banner.push_str(&format!("{:>24}: {}\n", "Api Address", api_addr));
     banner.push_str(&format!("{:>24}: {}\n", "Cluster Address", cluster_addr));
     for l in &listener_lines {

@@ -282,10 +282,9 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
     if matches!(state, HaState::Sealed) {
         return error_response(&Error::Sealed);
     }
-    let Some(raft) = core.raft() else {
+    if !core.ha_enabled() {
         return json_response(StatusCode::OK, &json!({ "ha_enabled": false }));
-    };
-    let st = raft.status();
+    }
     let perf_standby = core.is_performance_standby();
     // Each node answers from what it knows: the active node itself, a standby from the active
     // node's advertisement (none during an election or while the new leader becomes active).
@@ -300,10 +299,17 @@ pub async fn leader(core: &Core, inc: &Incoming) -> HttpResponse {
         "leader_address": leader_address,
         "leader_cluster_address": leader_cluster_address,
         "performance_standby": perf_standby,
-        "performance_standby_last_remote_wal": if perf_standby { st.applied_index } else { 0 },
-        "raft_committed_index": st.committed_index,
-        "raft_applied_index": st.applied_index,
+        "performance_standby_last_remote_wal": 0,
     });
+    // Vault omits the Raft indexes (`omitempty`) when the storage is not raft.
+    if let (Some(raft), Value::Object(o)) = (core.raft(), &mut body) {
+        let st = raft.status();
+        if perf_standby {
+            o.insert("performance_standby_last_remote_wal".into(), json!(st.applied_index));
+        }
+        o.insert("raft_committed_index".into(), json!(st.committed_index));
+        o.insert("raft_applied_index".into(), json!(st.applied_index));
+    }
     // Vault omits a zero `active_time` (`omitempty`), so only the active node sends it.
     if let (true, Some(since), Value::Object(o)) = (is_self, core.active_since(), &mut body) {
         o.insert("active_time".into(), Value::String(since));

@@ -53,9 +53,17 @@ pub fn error_status(e: &Error) -> StatusCode {
         Error::Barrier(BarrierError::Sealed | BarrierError::ReadOnly) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Barrier(BarrierError::Storage(vaultd_storage::Error::ValueTooLarge { .. })) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Barrier(BarrierError::Storage(vaultd_storage::Error::InvalidKey(_))) => StatusCode::BAD_REQUEST,
+        // A fenced write: this node lost the HA lock, so it is no longer the one that may write;
+        // like a write on a non-leader, the client tries again (at the new active node).
         Error::Barrier(BarrierError::Storage(
-            vaultd_storage::Error::NotLeader { .. } | vaultd_storage::Error::Unavailable(_),
+            vaultd_storage::Error::NotLeader { .. } | vaultd_storage::Error::Unavailable(_) | vaultd_storage::Error::Fenced { .. },
         )) => StatusCode::SERVICE_UNAVAILABLE,
+        // More keys or bytes in one transaction than etcd takes: too large, as a value would be.
+        Error::Barrier(BarrierError::Storage(vaultd_storage::Error::TransactionTooLarge(_))) => StatusCode::PAYLOAD_TOO_LARGE,
+        // A lock taken twice by one handle or an unusable storage stanza: the server's fault.
+        Error::Barrier(BarrierError::Storage(vaultd_storage::Error::LockAlreadyHeld(_) | vaultd_storage::Error::Config(_))) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         Error::Raft(e) => match e {
             RaftError::Membership(_) | RaftError::Config(_) | RaftError::AlreadyInitialized => StatusCode::BAD_REQUEST,
             RaftError::NotLeader { .. }
