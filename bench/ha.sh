@@ -11,6 +11,9 @@
 #   bash bench/ha.sh                       # vaultd only
 #   BAO=1 TRIALS=10 DURATION=10s bash bench/ha.sh
 #   FAILOVER_ONLY=1 LOG_LEVEL=debug KEEP_LOGS=/tmp/ha-logs bash bench/ha.sh   # trace a failover
+#   WRITES_ONLY=1 ROUNDS=3 bash bench/ha.sh   # only the writes, active then standby, 3 times
+#   EXTRA_CONFIG='disable_performance_standby = true' WRITES_ONLY=1 bash bench/ha.sh   # plain standbys
+# The machine's load changes between runs: compare active and standby within one round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -60,6 +63,7 @@ api_addr      = "http://127.0.0.1:$port"
 cluster_addr  = "https://127.0.0.1:$((port + 1))"
 disable_mlock = true
 log_level     = "$LOG_LEVEL"
+${EXTRA_CONFIG:-}
 HCL
   # Started from a throwaway shell, so that this one prints no "Killed" notices for them.
   PID[$name-$i]=$(sh -c '"$0" server -config="$1" >> "$2" 2>&1 & echo $!' "$bin" "$dir/config.hcl" "$dir/server.log")
@@ -181,13 +185,17 @@ term() { curl -s -m 5 -H "X-Vault-Token: $TOKEN" "$1/v1/sys/storage/raft/autopil
   | json 'max(s["last_term"] for s in d["data"]["servers"].values())'; }
 
 if [ "${FAILOVER_ONLY:-0}" != 1 ]; then
-  T0=$(term "$(addr $BASE_PORT 1)")
-  A=$(rate "$(addr $BASE_PORT 1)"); S=$(rate "$(addr $BASE_PORT 2)")
-  T1=$(term "$(addr $BASE_PORT "$(active_of vaultd $BASE_PORT)")")
-  printf "%-44s %10s\n" "KV v2 writes/s through the active node" "$A"
-  printf "%-44s %10s  (%s%% of active; target >= 80%%)\n" "KV v2 writes/s through a standby" "$S" "$(( S * 100 / (A > 0 ? A : 1) ))"
-  printf "%-44s %10s  (term %s -> %s; target 0)\n" "elections during the write load" "$(( T1 - T0 ))" "$T0" "$T1"
+  for round in $(seq 1 "${ROUNDS:-1}"); do
+    [ "${ROUNDS:-1}" = 1 ] || echo "-- round $round"
+    T0=$(term "$(addr $BASE_PORT 1)")
+    A=$(rate "$(addr $BASE_PORT 1)"); S=$(rate "$(addr $BASE_PORT 2)")
+    T1=$(term "$(addr $BASE_PORT "$(active_of vaultd $BASE_PORT)")")
+    printf "%-44s %10s\n" "KV v2 writes/s through the active node" "$A"
+    printf "%-44s %10s  (%s%% of active; target >= 80%%)\n" "KV v2 writes/s through a standby" "$S" "$(( S * 100 / (A > 0 ? A : 1) ))"
+    printf "%-44s %10s  (term %s -> %s; target 0)\n" "elections during the write load" "$(( T1 - T0 ))" "$T0" "$T1"
+  done
 fi
+[ "${WRITES_ONLY:-0}" = 1 ] && exit 0
 failover vaultd "$VAULTD" $BASE_PORT
 echo "vaultd failover (SIGKILL active -> first acknowledged write): $(stats < "$WORK/vaultd.times")  (target p50 < 1 s, max < 2 s)"
 

@@ -148,6 +148,30 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     }
     println!("the last of 50 writes was readable on all three nodes after {:?}", t.elapsed());
 
+    // Commit hints: only the leader gives one, a follower applies what a true one names, and one
+    // with an older vote or naming a log id the follower does not hold changes nothing.
+    assert!(n2.commit_hint().is_none(), "a follower gives no commit hint");
+    let hint = n1.commit_hint().expect("the leader gives a commit hint");
+    let index = n1.applied_index();
+    n2.learn_commit(&hint).await;
+    n2.wait_applied(index, Duration::from_secs(5)).await.expect("the hinted index is applied");
+    let mut stale: serde_json::Value = serde_json::from_str(&hint).expect("a hint is JSON");
+    stale["vote"]["leader_id"]["term"] = 0.into();
+    stale["applied"]["index"] = (index + 1000).into();
+    let mut beyond: serde_json::Value = serde_json::from_str(&hint).expect("a hint is JSON");
+    beyond["applied"]["index"] = (index + 1000).into();
+    for forged in [stale, beyond, serde_json::json!("garbage")] {
+        n3.learn_commit(&forged.to_string()).await;
+    }
+    assert_eq!(n3.status().term, n1.status().term, "a hint starts no election");
+    assert!(n3.applied_index() < index + 1000);
+    backend.put("k/after-hints", b"1".to_vec()).await.expect("put after the hints");
+    eventually(Duration::from_secs(5), "replication after forged hints", || async {
+        has_value(&n3, "k/after-hints", b"1").await.then_some(())
+    })
+    .await;
+    assert_eq!(n3.backend().list("k/").await.expect("list").len(), 51, "no entry was lost");
+
     // A follower refuses writes and names the leader.
     match n2.backend().put("k/x", b"x".to_vec()).await {
         Err(Error::NotLeader { leader_api_addr }) => {

@@ -217,6 +217,17 @@ pub struct RaftNode {
     autopilot: autopilot::Autopilot,
     /// The removal watcher and autopilot; aborted at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The highest index a commit hint was handed to the local Raft for
+    /// ([`RaftNode::learn_commit`]): hints at or below it are dropped, so that the many answers
+    /// of one entry's writes cost one message.
+    hinted: std::sync::atomic::AtomicU64,
+}
+
+/// What a leader's commit hint carries: its vote and a log id it has applied (so committed).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CommitHint {
+    vote: openraft::Vote<u64>,
+    applied: openraft::LogId<u64>,
 }
 
 struct Open {
@@ -316,6 +327,7 @@ impl RaftNode {
             removal,
             autopilot: autopilot::Autopilot::new(),
             tasks: std::sync::Mutex::new(Vec::new()),
+            hinted: std::sync::atomic::AtomicU64::new(0),
         });
         let pilot = autopilot::spawn(Arc::downgrade(&node));
         if let Ok(mut tasks) = node.tasks.lock() {
@@ -594,11 +606,23 @@ impl RaftNode {
 
     /// Whether this node is in the leader state, and its last applied index: the cheap part of
     /// [`RaftNode::status`], for a check on every request.
+    ///
+    /// The index is the state machine's own (see [`RaftNode::applied_index`]), so everything it
+    /// names is readable locally when this returns.
     pub fn leader_state_and_applied(&self) -> (bool, u64) {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.raft_id);
-        (leader, m.last_applied.map(|l| l.index).unwrap_or(0))
+        let leader = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.state == ServerState::Leader && m.current_leader == Some(self.raft_id)
+        };
+        (leader, self.applied_index())
+    }
+
+    /// The last index applied to the local state machine, as the state machine published it
+    /// (openraft's metrics report it later, once its core task has taken the notification).
+    /// 0 once shut down.
+    pub fn applied_index(&self) -> u64 {
+        self.reads().map_or(0, |r| r.applied.borrow().map_or(0, |l| l.index))
     }
 
     /// Stops Raft and closes the database. Writes waiting for a commit fail with `Unavailable`
@@ -692,19 +716,83 @@ impl RaftNode {
     }
 
     /// Waits, at most `timeout`, until this node's state machine has applied `index`.
+    /// It watches the state machine itself, not openraft's metrics: see `SmShared::applied`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), RaftError> {
-        if self.leader_state_and_applied().1 >= index {
-            return Ok(());
+        let mut applied = self.reads()?.applied.subscribe();
+        let reached =
+            tokio::time::timeout(timeout, applied.wait_for(|a| a.map_or(0, |l| l.index) >= index))
+                .await
+                .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RaftError::Stopped("raft is shutting down".into())),
+            Err(_) => Err(RaftError::Timeout(timeout, "this node to apply the index")),
         }
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "applied index")
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                WaitError::Timeout(..) => RaftError::Timeout(timeout, "this node to apply the index"),
-                WaitError::ShuttingDown => RaftError::Stopped("raft is shutting down".into()),
-            })
+    }
+
+    /// On the leader: a commit hint, an opaque text naming this node's vote and the last log id
+    /// it has applied, for a follower that relayed a client's write here and must apply it
+    /// before answering ([`RaftNode::learn_commit`]). `None` on any other node.
+    pub fn commit_hint(&self) -> Option<String> {
+        let vote = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if m.state != ServerState::Leader || m.current_leader != Some(self.raft_id) {
+                return None;
+            }
+            m.vote
+        };
+        let applied = (*self.reads().ok()?.applied.borrow())?;
+        serde_json::to_string(&CommitHint { vote, applied }).ok()
+    }
+
+    /// On a follower: hands a leader's [`RaftNode::commit_hint`] to the local Raft as the
+    /// heartbeat that leader would send (its vote; the applied log id as both the previous log
+    /// id and the commit), so that this node applies the entry now rather than when the
+    /// leader's replication stream next carries the commit index, which under load can be after
+    /// the next entry's round trip and syncs. openraft checks it as any AppendEntries: a vote
+    /// older than this node's is refused, and the commit is taken only if this node's log holds
+    /// exactly that log id (and so, by log matching, the leader's log up to it). A log id a
+    /// leader has applied stays committed, so a late hint is still true. The hint must come from
+    /// the leader itself (the server passes only what the active node sent over the pinned
+    /// forwarding channel): a forged one naming another term at an index this node holds would
+    /// make it drop entries from there on, as a real leader's message would. Failures are
+    /// not the caller's concern: the leader's own messages bring the commit in any case.
+    pub async fn learn_commit(&self, hint: &str) {
+        use std::sync::atomic::Ordering;
+        let Ok(CommitHint { vote, applied }) = serde_json::from_str::<CommitHint>(hint) else {
+            tracing::debug!("ignoring an undecodable commit hint");
+            return;
+        };
+        if !vote.is_committed() || applied.index <= self.applied_index() {
+            return;
+        }
+        let before = self.hinted.fetch_max(applied.index, Ordering::AcqRel);
+        if before >= applied.index {
+            return;
+        }
+        let req = openraft::raft::AppendEntriesRequest {
+            vote,
+            prev_log_id: Some(applied),
+            leader_commit: Some(applied),
+            entries: Vec::new(),
+        };
+        let taken = match self.raft.append_entries(req).await {
+            Ok(resp) => resp.is_success(),
+            Err(e) => {
+                tracing::debug!("raft refused a commit hint: {e}");
+                false
+            }
+        };
+        if !taken {
+            // This node's log does not reach that entry yet: a later hint for it may succeed.
+            let _ = self.hinted.compare_exchange(
+                applied.index,
+                before,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The storage keys the log entries in `(after, upto]` wrote, read back from the local log,

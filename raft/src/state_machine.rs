@@ -123,9 +123,30 @@ pub(crate) struct SmShared {
     /// Counts restores committed on this node, for the server to reload what it derived from
     /// the replaced data (keyring, mount tables, caches).
     pub(crate) restores: tokio::sync::watch::Sender<u64>,
+    /// The last applied log id, published as soon as the tree holds the entry. Requests that
+    /// wait for an index watch this rather than openraft's metrics: those report an apply only
+    /// once the core task has taken its notification, which on a follower can wait behind the
+    /// sync of the next append (~5 ms here).
+    pub(crate) applied: tokio::sync::watch::Sender<Option<LogId<u64>>>,
 }
 
 impl SmShared {
+    /// Publishes `log_id` as applied. Entries apply in log order, so it only moves forward;
+    /// `install` replaces it (see [`SmShared::replace_applied`]).
+    fn advance_applied(&self, log_id: LogId<u64>) {
+        self.applied.send_if_modified(|cur| {
+            let newer = cur.is_none_or(|c| c.index < log_id.index);
+            if newer {
+                *cur = Some(log_id);
+            }
+            newer
+        });
+    }
+
+    fn replace_applied(&self, log_id: Option<LogId<u64>>) {
+        self.applied.send_replace(log_id);
+    }
+
     pub(crate) fn tree(&self) -> Result<sled::Tree, RaftError> {
         let live = self
             .live
@@ -207,11 +228,16 @@ impl StateMachineStore {
             }
         }
         let tree = store.db.open_tree(&live_name)?;
+        let applied: Option<LogId<u64>> = match tree.get(KEY_LAST_APPLIED)? {
+            Some(raw) => Some(decode(&raw, "the last applied log id")?),
+            None => None,
+        };
         let shared = Arc::new(SmShared {
             live: RwLock::new(Live { generation, tree }),
             current_snapshot: Mutex::new(None),
             apply_gate: tokio::sync::Mutex::new(()),
             restores: tokio::sync::watch::Sender::new(0),
+            applied: tokio::sync::watch::Sender::new(applied),
         });
         Ok((Self { store, shared: Arc::clone(&shared) }, shared))
     }
@@ -450,6 +476,7 @@ impl StateMachineStore {
 
         // The new generation is complete on disk before anything points at it.
         self.switch_to(generation, tree).await?;
+        self.shared.replace_applied(meta.last_log_id);
         set_current_snapshot(&self.shared, StoredSnapshot { meta: meta.clone(), data })?;
         Ok(())
     }
@@ -542,6 +569,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let response = result
                 .map_err(|e| to_storage_error(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
+            shared.advance_applied(log_id);
             responses.push(response);
         }
         Ok(responses)

@@ -148,8 +148,12 @@ pub(crate) async fn forward(core: &Core, leader: &LeaderAdvertisement, method: &
     };
     metrics::FORWARDED.inc();
     match FORWARDER.forward(leader, req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            let hint = take_header(&mut resp, COMMIT_HINT);
             if let (Some(raft), Some(index)) = (core.raft(), written_index(&resp)) {
+                if let Some(hint) = hint.as_deref().and_then(|h| std::str::from_utf8(h).ok()) {
+                    raft.learn_commit(hint).await;
+                }
                 if let Err(e) = raft.wait_applied(index, consistency::INDEX_WAIT).await {
                     tracing::debug!("a forwarded write is not applied here yet: {e}");
                 }
@@ -180,6 +184,28 @@ pub(crate) async fn read_index(leader: &LeaderAdvertisement) -> Result<u64, Erro
     }
     let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
     v["index"].as_u64().ok_or_else(|| Error::internal("the active node sent no read index"))
+}
+
+/// Response header, on the forwarding channel only (the standby removes it), on the active
+/// node's answer to a forwarded write: the Raft commit hint (`RaftNode::commit_hint`) that lets
+/// the standby apply the write at once instead of waiting for the leader's replication stream
+/// to bring the commit index, which under load comes only after the next entry's round trip.
+const COMMIT_HINT: &str = "x-vaultd-commit-hint";
+
+/// The active node's side: adds the commit hint to its answer to a forwarded request that
+/// wrote (one that carries `X-Vault-Index`).
+pub(crate) fn add_commit_hint(core: &Core, resp: &mut HttpResponse) {
+    if !resp.headers().contains_key(consistency::INDEX) {
+        return;
+    }
+    if let Some(v) = core.raft().and_then(|r| r.commit_hint()).and_then(|h| HeaderValue::from_str(&h).ok()) {
+        resp.headers_mut().insert(COMMIT_HINT, v);
+    }
+}
+
+fn take_header(resp: &mut crate::forwarding::ForwardedResponse, name: &str) -> Option<Vec<u8>> {
+    let i = resp.headers.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+    Some(resp.headers.swap_remove(i).1)
 }
 
 /// The index a forwarded request's answer says it wrote at: the active node's applied index,

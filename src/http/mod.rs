@@ -281,7 +281,11 @@ async fn handle(
         forward::Decision::Local(leader) => return serve_on_standby(&state, leader, method, uri, path, headers, body).await,
     }
     let inc = Incoming { method, path, query: parse_query(&uri), headers, body };
-    dispatch(&state, inc).await
+    let mut resp = dispatch(&state, inc).await;
+    if forwarded {
+        forward::add_commit_hint(&state.core, &mut resp);
+    }
+    resp
 }
 
 /// The active node's side of a standby's linearizable read: a ReadIndex round.
