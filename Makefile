@@ -77,11 +77,13 @@ compat:
 
 ## Throughput benchmarks against OpenBao, measured in the same run: a single node (bench/run.sh), then
 ## 3-node clusters (bench/cluster.sh), then HA: writes through a standby and failover time, beside
-## OpenBao's (bench/ha.sh). Needs wrk, installed if missing.
-bench: deps build
+## OpenBao's (bench/ha.sh); then two vaultd nodes on a 3-member etcd (bench/etcd.sh). Needs wrk,
+## installed if missing.
+bench: deps build testtools
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	bash bench/run.sh
 	BAO=1 bash bench/ha.sh
+	bash bench/etcd.sh
 
 fmt:
 	$(CARGO) fmt --all

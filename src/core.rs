@@ -174,6 +174,11 @@ pub struct Core {
     /// Whether that refresh happened as leader.
     synced_as_leader: AtomicBool,
     follower_sync: Mutex<()>,
+    /// On a performance standby: the highest Raft index of a write this node forwarded and
+    /// relayed the answer to. Its local reads wait until it has applied that index
+    /// (`http::serve_on_standby`), so a client reads its own write on the node it wrote through
+    /// without the write's answer waiting for this node's apply.
+    relayed_index: AtomicU64,
     /// Active or standby (`ha`).
     pub(crate) ha: crate::ha::Ha,
     /// HA on a lock rather than on Raft leadership (`ha`).
@@ -198,6 +203,7 @@ impl Core {
             default_lease_ttl: cfg.default_lease_ttl,
             max_lease_ttl: cfg.max_lease_ttl,
             performance_standby: cfg.performance_standby,
+            relayed_index: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
             mount_lock: Mutex::new(()),
@@ -242,6 +248,16 @@ impl Core {
     /// so its caches would serve stale tokens and policies.
     pub fn performance_standby_enabled(&self) -> bool {
         self.performance_standby && self.raft().is_some()
+    }
+
+    /// Records that a forwarded write committed at `index` was relayed to a client here.
+    pub(crate) fn note_relayed(&self, index: u64) {
+        self.relayed_index.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// The highest index [`Core::note_relayed`] recorded.
+    pub(crate) fn relayed_index(&self) -> u64 {
+        self.relayed_index.load(Ordering::Acquire)
     }
 
     pub fn raft(&self) -> Option<&Arc<RaftNode>> {

@@ -134,10 +134,13 @@ pub(crate) async fn intercept(
 }
 
 /// Forwards the request whole to the active node and relays its answer; a request that cannot
-/// be forwarded is redirected, as Vault does. When the request wrote, the answer waits (at most
-/// [`consistency::INDEX_WAIT`]) until this node has applied the write too, so a client that
-/// reads from the node it wrote through sees its write (Vault's perf standbys wait for their
-/// forwarded writes the same way, `best_effort_wal_wait_duration`).
+/// be forwarded is redirected, as Vault does. When the request wrote, its index is recorded
+/// ([`Core::note_relayed`]) and this node's next local read waits until it has applied it, so a
+/// client that reads from the node it wrote through sees its write. (Vault's perf standbys make
+/// the write's answer wait instead, `best_effort_wal_wait_duration`; waiting at the read keeps
+/// that wait off every forwarded write, and reads rarely find the index not yet applied.) The
+/// active node's commit hint lets this node apply the write without waiting for the leader's
+/// next AppendEntries.
 pub(crate) async fn forward(core: &Core, leader: &LeaderAdvertisement, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> HttpResponse {
     let req = ForwardedRequest {
         method: method.as_str().to_string(),
@@ -154,9 +157,7 @@ pub(crate) async fn forward(core: &Core, leader: &LeaderAdvertisement, method: &
                 if let Some(hint) = hint.as_deref().and_then(|h| std::str::from_utf8(h).ok()) {
                     raft.learn_commit(hint).await;
                 }
-                if let Err(e) = raft.wait_applied(index, consistency::INDEX_WAIT).await {
-                    tracing::debug!("a forwarded write is not applied here yet: {e}");
-                }
+                core.note_relayed(index);
             }
             relay(resp)
         }

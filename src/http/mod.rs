@@ -318,7 +318,11 @@ async fn serve_on_standby(
         Err(e) => return error_response(&e),
     };
     let (leader, reached) = match wanted {
-        consistency::Wanted::Any => (leader, true),
+        // Still read-your-writes for what this node relayed (`forward::forward`).
+        consistency::Wanted::Any => {
+            let relayed = core.relayed_index();
+            (leader, raft.applied_index() >= relayed || raft.wait_applied(relayed, consistency::INDEX_WAIT).await.is_ok())
+        }
         consistency::Wanted::Index(index) => (leader, raft.wait_applied(index, consistency::INDEX_WAIT).await.is_ok()),
         // No stale fallback: without a read index from an active node in time, an error.
         consistency::Wanted::Linearizable => match consistency::standby_linearizable(core, leader).await {
