@@ -11,7 +11,7 @@
 #   bash bench/ha.sh                       # vaultd only
 #   BAO=1 TRIALS=10 DURATION=10s bash bench/ha.sh
 #   FAILOVER_ONLY=1 LOG_LEVEL=debug KEEP_LOGS=/tmp/ha-logs bash bench/ha.sh   # trace a failover
-#   WRITES_ONLY=1 ROUNDS=3 bash bench/ha.sh   # only the writes, active then standby, 3 times
+#   WRITES_ONLY=1 ROUNDS=4 bash bench/ha.sh   # only the writes, 4 rounds (default 2: active/standby, standby/active)
 #   EXTRA_CONFIG='disable_performance_standby = true' WRITES_ONLY=1 bash bench/ha.sh   # plain standbys
 # The machine's load changes between runs: compare active and standby within one round.
 set -euo pipefail
@@ -185,15 +185,22 @@ term() { curl -s -m 5 -H "X-Vault-Token: $TOKEN" "$1/v1/sys/storage/raft/autopil
   | json 'max(s["last_term"] for s in d["data"]["servers"].values())'; }
 
 if [ "${FAILOVER_ONLY:-0}" != 1 ]; then
-  for round in $(seq 1 "${ROUNDS:-1}"); do
-    [ "${ROUNDS:-1}" = 1 ] || echo "-- round $round"
+  ROUNDS=${ROUNDS:-2}
+  for round in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" = 1 ] || echo "-- round $round"
     T0=$(term "$(addr $BASE_PORT 1)")
-    A=$(rate "$(addr $BASE_PORT 1)"); S=$(rate "$(addr $BASE_PORT 2)")
+    # Every write makes the store larger and the next run a little slower: odd rounds measure
+    # the active node first, even rounds the standby first, and the total compares the sums.
+    if (( round % 2 )); then A=$(rate "$(addr $BASE_PORT 1)"); S=$(rate "$(addr $BASE_PORT 2)")
+    else S=$(rate "$(addr $BASE_PORT 2)"); A=$(rate "$(addr $BASE_PORT 1)"); fi
+    SUM_A=$(( ${SUM_A:-0} + A )); SUM_S=$(( ${SUM_S:-0} + S ))
     T1=$(term "$(addr $BASE_PORT "$(active_of vaultd $BASE_PORT)")")
     printf "%-44s %10s\n" "KV v2 writes/s through the active node" "$A"
     printf "%-44s %10s  (%s%% of active; target >= 80%%)\n" "KV v2 writes/s through a standby" "$S" "$(( S * 100 / (A > 0 ? A : 1) ))"
     printf "%-44s %10s  (term %s -> %s; target 0)\n" "elections during the write load" "$(( T1 - T0 ))" "$T0" "$T1"
   done
+  (( ROUNDS > 1 )) && printf "%-44s %10s  (%s%% of active over %s rounds; target >= 80%%)\n" \
+    "standby writes / active writes" "$SUM_S/$SUM_A" "$(( SUM_S * 100 / (SUM_A > 0 ? SUM_A : 1) ))" "$ROUNDS"
 fi
 [ "${WRITES_ONLY:-0}" = 1 ] && exit 0
 failover vaultd "$VAULTD" $BASE_PORT
