@@ -10,7 +10,9 @@
 //!   runs a ReadIndex round, a quorum confirms it still leads), waits until it has applied it,
 //!   then reads locally. The active node does the same round before serving such a read itself,
 //!   so a deposed leader never answers one.
-//! - Without either, a standby's read is eventually consistent; every logical response of a
+//! - Without either, a standby's read is eventually consistent, except that it waits (at most
+//!   [`INDEX_WAIT`]) for the writes this node itself forwarded (`Core::note_relayed`), so a
+//!   client reads its own write on the node it wrote through; every logical response of a
 //!   Raft node carries `X-Vault-Applied-Index`, the index its local state had applied, so a
 //!   client can see how far behind a node may be.
 //!
