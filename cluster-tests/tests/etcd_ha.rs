@@ -12,12 +12,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster_tests::cluster::{quick, quick_client};
 use cluster_tests::{free_ports, Api, Node};
 use serde_json::{json, Value};
 use vaultd_storage::etcd::test_cluster::EtcdTestCluster;
 
 /// The lock TTL the tests run with (etcd's smallest lease is about 2 s anyway).
 const LOCK_TTL: Duration = Duration::from_secs(2);
+/// How long a poll waits for one node's answer (a killed or stopped node must not stall it).
+const QUICK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The bound on a take-over after the active node dies.
 const TAKEOVER_BOUND: Duration = Duration::from_secs(3);
 
@@ -68,33 +71,6 @@ disable_mlock = true
     Node::with_config(dir, config, port, cluster_port, "http", vec![])
 }
 
-fn quick_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client")
-}
-
-/// One request with a short timeout: None when the node does not answer.
-async fn quick(
-    http: &reqwest::Client,
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Option<(u16, Value)> {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-    let mut r = http.request(m, format!("{addr}/v1/{path}"));
-    if let Some(t) = token {
-        r = r.header("X-Vault-Token", t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.ok()?;
-    Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-}
-
 async fn health(http: &reqwest::Client, addr: &str) -> Option<(u16, Value)> {
     quick(http, addr, "GET", "sys/health", None, None).await
 }
@@ -102,7 +78,7 @@ async fn health(http: &reqwest::Client, addr: &str) -> Option<(u16, Value)> {
 /// Waits until exactly one of `addrs` is active and every other answers as a standby; returns
 /// the active one's index.
 async fn one_active(addrs: &[String], within: Duration) -> usize {
-    let http = quick_client();
+    let http = quick_client(QUICK_TIMEOUT);
     let deadline = Instant::now() + within;
     loop {
         let mut codes = Vec::new();
@@ -164,7 +140,7 @@ async fn kill_active_and_check(
     prefix: &str,
 ) -> usize {
     let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != active).collect();
-    let http = quick_client();
+    let http = quick_client(QUICK_TIMEOUT);
     // Acknowledged before the kill, through the active node and (forwarded) through a standby.
     let mut acked: Vec<(String, String)> = Vec::new();
     for i in 0..10 {
@@ -222,7 +198,7 @@ async fn active_standby_forwarding_and_kill9() {
     assert!(nodes[0].log().contains("Storage: etcd (HA available)"), "{}", nodes[0].log());
     let (_keys, root, active) = form(&nodes).await;
 
-    let http = quick_client();
+    let http = quick_client(QUICK_TIMEOUT);
     let standby = (active + 1) % 3;
     let (code, h) = health(&http, &nodes[standby].addr).await.expect("health");
     assert_eq!(code, 429, "{h}");
@@ -313,7 +289,7 @@ async fn a_paused_active_node_is_fenced() {
         old.try_req("POST", "kv/data/x", Some(json!({ "data": { "v": "old" } }))).await
     });
     let stopped = Instant::now();
-    let http = quick_client();
+    let http = quick_client(QUICK_TIMEOUT);
     loop {
         if let Some((200, _)) = health(&http, &nodes[b].addr).await {
             break;
@@ -397,7 +373,7 @@ async fn etcd_unreachable_at_start_and_mid_run() {
     }
     let (keys, root) = node.client().init(1, 1).await;
     node.client().unseal(&keys).await;
-    let http = quick_client();
+    let http = quick_client(QUICK_TIMEOUT);
     let up = Instant::now();
     while !matches!(health(&http, &node.addr).await, Some((200, _))) {
         assert!(up.elapsed() < Duration::from_secs(30), "not active after unseal:\n{}", node.log());
