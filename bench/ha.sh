@@ -16,6 +16,7 @@
 # The machine's load changes between runs: compare active and standby within one round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
@@ -42,8 +43,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-code() { curl -s -o /dev/null -m "${4:-5}" -w '%{http_code}' -X "$1" -H "X-Vault-Token: $TOKEN" ${3:+-d "$3"} "$2" || true; }
 
 # start NAME BIN BASEPORT I: node I of cluster NAME, API on BASEPORT+10*I, cluster port +1.
 start() {
@@ -75,14 +74,6 @@ addr() { echo "http://127.0.0.1:$(( $1 + 10 * $2 ))"; }
 
 unseal() { curl -sf -X PUT -d "{\"key\":\"$KEY\"}" "$1/v1/sys/unseal" > /dev/null; }
 
-wait_health() { # addr wanted-codes (space-separated: a standby is 429, a performance standby 473)
-  local c
-  for _ in $(seq 1 600); do
-    c=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1/v1/sys/health")
-    [[ " $2 " == *" $c "* ]] && return 0; sleep 0.05
-  done
-  echo "$1 never answered $2 on sys/health"; return 1
-}
 
 # cluster NAME BIN BASEPORT: three nodes, node 1 initialized and active, 2 and 3 standbys.
 cluster() {
@@ -172,10 +163,6 @@ failover() {
   done
 }
 
-stats() { python3 -c '
-import sys, statistics
-xs = sorted(float(x) for x in sys.stdin.read().split())
-print(f"p50 {statistics.median(xs):.3f} s, max {xs[-1]:.3f} s over {len(xs)} trials")'; }
 
 echo "== vaultd $("$VAULTD" --version 2>/dev/null | awk '{print $2}'), 3-node raft cluster on 127.0.0.1, wrk -t$THREADS -c$CONNS -d$DURATION"
 cluster vaultd "$VAULTD" $BASE_PORT

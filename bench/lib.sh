@@ -1,4 +1,4 @@
-# Helpers shared by the benchmark scripts (sourced, not run). New scripts use these; ha.sh,
+# Helpers shared by the benchmark scripts (sourced, not run): etcd.sh and ha.sh use them;
 # cluster.sh and reads.sh still carry their own copies (to be moved here).
 #
 # Needs: $TOKEN for authenticated calls, $THREADS/$CONNS/$DURATION for wrk.
