@@ -816,10 +816,11 @@ mod tests {
         let blob = backend.get(ROOT_KEY_PATH).await.unwrap().unwrap();
 
         // Three wrong (but well-formed) shares: OpenBao's message, still sealed.
-        for _ in 0..2 {
-            assert!(progress.add_share(&hexn_random(33)).unwrap().is_none());
+        // The last byte is a share's x-coordinate: distinct, or two shares are a duplicate part.
+        for x in ["01", "02"] {
+            assert!(progress.add_share(&(hexn_random(32) + x)).unwrap().is_none());
         }
-        let bad = progress.add_share(&hexn_random(33)).unwrap().unwrap();
+        let bad = progress.add_share(&(hexn_random(32) + "03")).unwrap().unwrap();
         assert_eq!(unwrap_root_key(&bad, &blob).unwrap_err(), SealError::WrongUnsealKey);
         assert!(barrier.sealed());
         assert!(matches!(barrier.get("secret/data/db").await, Err(BarrierError::Sealed)));
